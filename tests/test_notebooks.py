@@ -17,8 +17,9 @@ def run_notebook(nb: Path, out_dir: Path = OUT, parameters: dict | None = None, 
     import papermill as pm
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir/nb.name
-    env_before = os.environ.get("IN_TEST")
+    saved = {k: os.environ.get(k) for k in ("IN_TEST", "S1C_FIGURES_DIR")}
     os.environ["IN_TEST"] = "1"  # the kernel inherits it: a trailing nbdev_export() is a no-op
+    os.environ["S1C_FIGURES_DIR"] = str(out_dir/"figures")  # notebooks record their figures here
     try:
         pm.execute_notebook(str(nb), str(out), parameters=parameters or {"mode": "cpu"},
                             kernel_name="python3", language="python", cwd=str(nb.parent),
@@ -28,8 +29,9 @@ def run_notebook(nb: Path, out_dir: Path = OUT, parameters: dict | None = None, 
         pytest.fail(f"{nb.name}: cell [{e.exec_count}] `{_failing_source(out, e.exec_count)}` raised "
                     f"{e.ename}: {e.evalue}\n{tb}\nexecuted copy: {out}", pytrace=False)
     finally:
-        if env_before is None: os.environ.pop("IN_TEST", None)
-        else: os.environ["IN_TEST"] = env_before
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
     return out
 
 
