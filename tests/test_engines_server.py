@@ -1,0 +1,282 @@
+"The vLLM stand-in over real HTTP: the official openai client, faults, metrics, concurrency, a killed process."
+import base64, io, math, socket, threading, time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+from PIL import Image, ImageDraw
+
+from stage1_cascade.data import load_image
+from stage1_cascade.engines import (FaultConfig, ServerManager, StandinServer, STANDIN_OWNER, VLMBadResponse, VLMClient,
+                                    VLMRequestError, VLMUnavailable, image_data_url, image_jpeg_bytes, metric_total,
+                                    orange_scorer, p_from_top_logprobs, parse_metrics, ROADWORK_PROMPT)
+
+MODEL = "standin-test"
+
+
+def scene(orange_px: int, seed: int = 0) -> Image.Image:
+    "A grey street-ish image with an orange cone of about `orange_px` pixels."
+    img = Image.new("RGB", (224, 224), (110 + seed, 115, 120))
+    d = ImageDraw.Draw(img)
+    d.rectangle([0, 150, 224, 224], fill=(60, 60, 65))
+    if orange_px:
+        h = int(math.sqrt(2 * orange_px))
+        d.polygon([(112 - h // 2, 200), (112 + h // 2, 200), (112, 200 - h)], fill=(250, 120, 10))
+    return img
+
+
+CONE, EMPTY = scene(1500), scene(0)
+
+
+def served_p(img) -> float:
+    "What the server's scorer sees: the JPEG as sent, decoded by the same loader."
+    return orange_scorer(load_image(image_jpeg_bytes(img)))
+
+
+@pytest.fixture(scope="module")
+def srv():
+    with StandinServer(orange_scorer, MODEL) as s:
+        yield s
+
+
+@pytest.fixture
+def clean(srv):
+    srv.set_faults(latency_s=0.0, jitter_s=0.0, error_rate=0.0, drop_rate=0.0, garbage_rate=0.0, seed=0)
+    yield srv
+    srv.set_faults(latency_s=0.0, jitter_s=0.0, error_rate=0.0, drop_rate=0.0, garbage_rate=0.0, seed=0)
+
+
+def counts(srv):
+    return httpx.get(srv.url + "/_admin/faults").json()["counts"]
+
+
+def test_openai_client_unchanged(clean):
+    oc = openai.OpenAI(base_url=clean.url + "/v1", api_key="not-needed", max_retries=0)
+    assert [m.id for m in oc.models.list()] == [MODEL]
+    assert oc.models.list().data[0].owned_by == STANDIN_OWNER
+    r = oc.chat.completions.create(
+        model=MODEL, max_completion_tokens=1, temperature=0, logprobs=True, top_logprobs=8,
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(CONE)}},
+                                               {"type": "text", "text": ROADWORK_PROMPT}]}])
+    ch = r.choices[0]
+    assert ch.finish_reason == "length" and r.usage.completion_tokens == 1 and r.usage.prompt_tokens > 64
+    first = ch.logprobs.content[0]
+    assert first.token == ch.message.content == "Yes"
+    assert len(first.top_logprobs) == 8 and first.top_logprobs[0].bytes == list(b"Yes")
+    # the openai client's own objects go straight into our reader, and give back the scorer's p
+    assert p_from_top_logprobs(first.top_logprobs) == pytest.approx(served_p(CONE), abs=1e-6)
+    r0 = oc.chat.completions.create(model=MODEL, max_tokens=1, logprobs=True, top_logprobs=8, temperature=0,
+                                    messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(EMPTY)}}]}])
+    assert r0.choices[0].message.content == "No"
+    assert p_from_top_logprobs(r0.choices[0].logprobs.content[0].top_logprobs) == pytest.approx(served_p(EMPTY), abs=1e-6)
+
+
+def test_openai_client_errors_parse(clean):
+    oc = openai.OpenAI(base_url=clean.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as e:
+        oc.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+    assert "`gpt-9` does not exist" in str(e.value) and e.value.status_code == 404
+    with pytest.raises(openai.BadRequestError, match="no image in the request"):
+        oc.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "is there roadwork?"}])
+
+
+def test_client_matches_scorer_and_health(clean):
+    with clean.client() as c:
+        assert c.health() and c.models() == [MODEL]
+        for img in (CONE, EMPTY, scene(300, 5)):
+            a = c.p_roadwork(img)
+            assert a.source == "logprobs" and a.p == pytest.approx(served_p(img), abs=1e-6)
+            assert a.yes_no_mass == pytest.approx(1.0, abs=1e-9) and a.model == MODEL
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,@@@"}}]}]}, 400, "invalid base64"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.jpg"}}]}]}, 400, "must be a data URL"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"hello world").decode()}}]}]}, 400, "cannot use the image"),
+    ({"messages": [{"role": "user", "content": [{"type": "audio", "x": 1}]}]}, 400, "allowed 'text', 'image_url'"),
+    ({"messages": []}, 400, "non-empty list"),
+    ({"messages": "hi"}, 400, "non-empty list"),
+    ({"model": "nope", "messages": []}, 404, "does not exist"),
+    ({"top_logprobs": 5}, 400, "`logprobs` must be set to true"),
+    ({"logprobs": True, "top_logprobs": 21}, 400, "allowed 0..20"),
+    ({"stream": True}, 400, "stream=true"),
+    ({"max_completion_tokens": 0}, 400, "max_completion_tokens=0"),
+    ({"n": 0}, 400, "n=0"),
+])
+def test_bad_requests_vllm_error_shape(clean, body, status, needle):
+    good = {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(CONE)}}]}]}
+    r = httpx.post(clean.url + "/v1/chat/completions", json={**good, **body})
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == status and needle in err["message"]
+
+
+def test_non_json_body_is_400(clean):
+    r = httpx.post(clean.url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+
+
+def test_n_and_max_tokens_stop(clean):
+    body = {"model": MODEL, "n": 3, "max_tokens": 5, "logprobs": True, "top_logprobs": 2,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(CONE)}}]}]}
+    j = httpx.post(clean.url + "/v1/chat/completions", json=body).json()
+    assert [c["index"] for c in j["choices"]] == [0, 1, 2] and {c["finish_reason"] for c in j["choices"]} == {"stop"}
+    assert j["usage"]["completion_tokens"] == 3
+
+
+def test_completions_route_refuses_text_only_for_scorer(clean):
+    r = httpx.post(clean.url + "/v1/completions", json={"model": MODEL, "prompt": "Is there roadwork?", "max_tokens": 1})
+    assert r.status_code == 400 and "needs an image" in r.json()["error"]["message"]
+
+
+def test_retries_on_500_then_succeeds(clean):
+    clean.set_faults(error_rate=0.5, seed=7)
+    before = counts(clean)
+    with clean.client(max_retries=8, backoff_s=0.001) as c:
+        answers = [c.p_roadwork(CONE) for _ in range(6)]
+    after = counts(clean)
+    assert all(a.p == pytest.approx(served_p(CONE), abs=1e-6) for a in answers)
+    retries = sum(a.attempts - 1 for a in answers)
+    assert retries > 0 and retries == after["error"] - before["error"]   # each retry met one injected 500
+
+
+def test_timeout_is_unavailable_within_budget(clean):
+    clean.set_faults(latency_s=3.0)
+    with clean.client(max_retries=3) as c:
+        t0 = time.monotonic()
+        with pytest.raises(VLMUnavailable, match="timeout") as e:
+            c.p_roadwork(CONE, timeout_s=0.4)
+        assert time.monotonic() - t0 < 1.5       # the budget holds: the 3 s answer is not waited for
+    assert e.value.attempts == 1
+
+
+def test_dropped_connection(clean):
+    clean.set_faults(drop_rate=1.0)
+    before = counts(clean)
+    with clean.client(max_retries=2, backoff_s=0.001) as c:
+        with pytest.raises(VLMUnavailable, match="RemoteProtocolError|ReadError|Disconnected") as e:
+            c.p_roadwork(CONE)
+    assert e.value.attempts == 3 and counts(clean)["drop"] - before["drop"] == 3
+    # a raw socket sees the connection closed with no status line at all
+    clean.set_faults(drop_rate=1.0)
+    body = httpx.Request("POST", clean.url + "/v1/chat/completions", json={"model": MODEL, "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(CONE)}}]}]})
+    with socket.create_connection(("127.0.0.1", clean.port), timeout=5) as s:
+        raw = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body.read())}\r\n\r\n").encode() + body.read()
+        s.sendall(raw)
+        assert s.recv(1024) == b""
+    # half the connections dropped: retries get through
+    clean.set_faults(drop_rate=0.5, seed=3)
+    with clean.client(max_retries=8, backoff_s=0.001) as c:
+        assert all(c.p_roadwork(CONE).source == "logprobs" for _ in range(5))
+
+
+def test_garbage_answer(clean):
+    clean.set_faults(garbage_rate=1.0)
+    with clean.client() as c:
+        raw, _ = c.chat(CONE)
+        assert raw["choices"][0]["logprobs"] is None
+        with pytest.raises(VLMBadResponse, match="cannot read a yes/no"):
+            c.p_roadwork(CONE)
+
+
+def test_unreachable_port_fails_fast():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    with VLMClient(f"http://127.0.0.1:{port}", "m", max_retries=2, backoff_s=0.01) as c:
+        t0 = time.monotonic()
+        with pytest.raises(VLMUnavailable, match="ConnectError") as e:
+            c.p_roadwork(CONE, timeout_s=5.0)
+        assert time.monotonic() - t0 < 1.0 and e.value.attempts == 3
+        assert not c.health()
+
+
+def test_metrics_move(clean):
+    m0 = parse_metrics(httpx.get(clean.url + "/metrics").text)
+    with clean.client() as c:
+        raws = [c.chat(img)[0] for img in (CONE, EMPTY, CONE)]
+    m1 = parse_metrics(httpx.get(clean.url + "/metrics").text)
+    d = lambda name: metric_total(m1, name) - metric_total(m0, name)
+    assert d("vllm:request_success_total") == 3 and d("vllm:generation_tokens_total") == 3
+    assert d("vllm:prompt_tokens_total") == sum(r["usage"]["prompt_tokens"] for r in raws)
+    assert d("vllm:e2e_request_latency_seconds_count") == 3 and d("vllm:time_to_first_token_seconds_count") == 3
+    lab = f'{{engine="0",finished_reason="length",model_name="{MODEL}"}}'
+    assert m1["vllm:request_success_total" + lab] - m0.get("vllm:request_success_total" + lab, 0) == 3
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
+        assert f'{name}{{engine="0",model_name="{MODEL}"}}' in m1
+
+
+def test_concurrency_queue_and_gauges():
+    "More parallel requests than max_num_seqs: all answered, some wait, and the gauges show it."
+    def slow(img):
+        time.sleep(0.15); return orange_scorer(img)
+    with StandinServer(slow, "slow", max_num_seqs=2) as s, s.client(timeout_s=10) as c:
+        seen, stop = [], threading.Event()
+        def watch():
+            while not stop.is_set():
+                m = parse_metrics(httpx.get(s.url + "/metrics").text)
+                seen.append((metric_total(m, "vllm:num_requests_running"), metric_total(m, "vllm:num_requests_waiting"),
+                             metric_total(m, "vllm:kv_cache_usage_perc")))
+                time.sleep(0.02)
+        w = threading.Thread(target=watch); w.start()
+        imgs = [scene(200 * i, i) for i in range(6)]
+        with ThreadPoolExecutor(6) as ex: answers = list(ex.map(c.p_roadwork, imgs))
+        stop.set(); w.join()
+        assert [a.p for a in answers] == pytest.approx([served_p(i) for i in imgs], abs=1e-6)
+        assert max(r for r, _, _ in seen) <= 2 and max(wt for _, wt, _ in seen) >= 1
+        assert max(k for _, _, k in seen) > 0
+        m = parse_metrics(httpx.get(s.url + "/metrics").text)
+        assert metric_total(m, "vllm:num_requests_running") == 0 and metric_total(m, "vllm:num_requests_waiting") == 0
+        assert metric_total(m, "vllm:request_queue_time_seconds_sum") > 0.1
+
+
+def test_admin_faults_validation(clean):
+    r = httpx.post(clean.url + "/_admin/faults", json={"error_rate": 2})
+    assert r.status_code == 400 and "error_rate=2" in r.json()["error"]["message"]
+    with pytest.raises(ValueError, match="unexpected keyword|bogus"):
+        clean.set_faults(bogus=1)
+
+
+def test_faults_from_settings_reproducible():
+    f = FaultConfig(error_rate=0.3, garbage_rate=0.2, seed=11)
+    def run():
+        out = []
+        with StandinServer(orange_scorer, "f", faults=f) as s, s.client(max_retries=0) as c:
+            for _ in range(8):
+                try: out.append(round(c.p_roadwork(CONE).p, 6))
+                except VLMUnavailable: out.append("500")
+                except VLMBadResponse: out.append("garbage")
+        return out
+    a, b = run(), run()
+    assert a == b and "500" in a and "garbage" in a
+
+
+def test_server_manager_tiers():
+    with ServerManager({"fast": orange_scorer, "power": lambda im: 1 - orange_scorer(im)}) as mgr:
+        cs = mgr.clients()
+        pf, pp = cs["fast"].p_roadwork(CONE).p, cs["power"].p_roadwork(CONE).p
+        assert pf == pytest.approx(1 - pp, abs=1e-6) and mgr.urls["fast"] != mgr.urls["power"]
+        assert cs["power"].models() == ["standin-power"]
+    with pytest.raises(VLMUnavailable):
+        cs["fast"].p_roadwork(CONE, timeout_s=0.5)
+
+
+def test_spawned_server_killed_mid_run():
+    with StandinServer("orange", "spawned", spawn=True) as s, s.client(max_retries=1, backoff_s=0.01) as c:
+        assert c.p_roadwork(CONE).p == pytest.approx(served_p(CONE), abs=1e-6)
+        s.kill()
+        assert not s.alive
+        t0 = time.monotonic()
+        with pytest.raises(VLMUnavailable):
+            c.p_roadwork(CONE, timeout_s=2.0)
+        assert time.monotonic() - t0 < 2.5
+
+
+def test_stop_frees_port():
+    s = StandinServer(orange_scorer, "x").start(); url, port = s.url, s.port
+    s.stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/health", timeout=1)
+    with StandinServer(orange_scorer, "y", port=port) as s2:   # the same port can be bound again
+        assert s2.port == port and httpx.get(s2.url + "/health").status_code == 200
