@@ -280,3 +280,27 @@ def test_stop_frees_port():
         httpx.get(url + "/health", timeout=1)
     with StandinServer(orange_scorer, "y", port=port) as s2:   # the same port can be bound again
         assert s2.port == port and httpx.get(s2.url + "/health").status_code == 200
+
+
+def test_async_client_parallel_and_faults(clean):
+    import asyncio
+    from stage1_cascade.engines import AsyncVLMClient
+    imgs = [scene(150 * i, i) for i in range(6)]
+
+    async def main():
+        async with AsyncVLMClient(clean.url, MODEL, max_retries=8, backoff_s=0.001) as ac:
+            assert await ac.health() and await ac.models() == [MODEL]
+            answers = await asyncio.gather(*(ac.p_roadwork(im) for im in imgs))
+            clean.set_faults(error_rate=0.5, seed=5)
+            faulted = await asyncio.gather(*(ac.p_roadwork(CONE) for _ in range(4)))
+            clean.set_faults(error_rate=0.0, latency_s=3.0)
+            try:
+                await ac.p_roadwork(CONE, timeout_s=0.3)
+            except VLMUnavailable as e:
+                timed_out = e
+            return answers, faulted, timed_out
+
+    answers, faulted, timed_out = asyncio.run(main())
+    assert [a.p for a in answers] == pytest.approx([served_p(i) for i in imgs], abs=1e-6)
+    assert sum(a.attempts for a in faulted) > 4 and all(a.p == pytest.approx(served_p(CONE), abs=1e-6) for a in faulted)
+    assert "timeout" in str(timed_out)
