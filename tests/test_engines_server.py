@@ -304,3 +304,27 @@ def test_async_client_parallel_and_faults(clean):
     assert [a.p for a in answers] == pytest.approx([served_p(i) for i in imgs], abs=1e-6)
     assert sum(a.attempts for a in faulted) > 4 and all(a.p == pytest.approx(served_p(CONE), abs=1e-6) for a in faulted)
     assert "timeout" in str(timed_out)
+
+
+def test_response_fields_as_vllm(clean):
+    "Field sets of vLLM 0.33.0's ChatCompletionResponse / choice / ChatMessage (empty tool_calls dropped) and ModelCard."
+    body = {"model": MODEL, "max_completion_tokens": 1, "logprobs": True, "top_logprobs": 3,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(CONE)}}]}]}
+    r = httpx.post(clean.url + "/v1/chat/completions", json=body)
+    j = r.json()
+    assert set(j) == {"id", "object", "created", "model", "choices", "service_tier", "system_fingerprint", "usage", "prompt_logprobs",
+                      "prompt_token_ids", "prompt_text", "kv_transfer_params", "ec_transfer_params", "metrics"}
+    ch = j["choices"][0]
+    assert set(ch) == {"index", "message", "logprobs", "finish_reason", "stop_reason", "token_ids", "routed_experts", "weight_versions"}
+    assert set(ch["message"]) == {"role", "content", "refusal", "annotations", "audio", "function_call", "reasoning"}
+    assert set(ch["logprobs"]["content"][0]) == {"token", "logprob", "bytes", "top_logprobs"}
+    assert set(j["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "completion_tokens_details"}
+    assert j["id"].startswith("chatcmpl-") and "stand-in" in r.headers["x-stage1-standin"]
+    card = httpx.get(clean.url + "/v1/models").json()["data"][0]
+    assert set(card) == {"id", "object", "created", "owned_by", "root", "parent", "max_model_len", "permission"}
+    h = httpx.get(clean.url + "/health")
+    assert h.status_code == 200 and h.content == b""
+    m = parse_metrics(httpx.get(clean.url + "/metrics").text)
+    for reason in ("stop", "length", "abort", "error", "repetition"):
+        assert f'vllm:request_success_total{{engine="0",finished_reason="{reason}",model_name="{MODEL}"}}' in m
+    assert m[f'vllm:engine_sleep_state{{engine="0",model_name="{MODEL}",sleep_state="awake"}}'] == 1.0
