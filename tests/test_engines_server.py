@@ -328,3 +328,13 @@ def test_response_fields_as_vllm(clean):
     for reason in ("stop", "length", "abort", "error", "repetition"):
         assert f'vllm:request_success_total{{engine="0",finished_reason="{reason}",model_name="{MODEL}"}}' in m
     assert m[f'vllm:engine_sleep_state{{engine="0",model_name="{MODEL}",sleep_state="awake"}}'] == 1.0
+
+
+def test_top_logprobs_all_and_extra_body(clean):
+    body = {"model": MODEL, "max_completion_tokens": 1, "logprobs": True, "top_logprobs": -1,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(CONE)}}]}]}
+    top = httpx.post(clean.url + "/v1/chat/completions", json=body).json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    assert len(top) == 8 and sum(math.exp(t["logprob"]) for t in top) == pytest.approx(1.0, abs=1e-6)
+    with clean.client(extra_body={"logprob_token_ids": [1, 2]}) as c:
+        assert c.request_body(CONE)["logprob_token_ids"] == [1, 2]
+        assert c.p_roadwork(CONE).p == pytest.approx(served_p(CONE), abs=1e-6)   # unknown fields are ignored, as vLLM does
