@@ -80,7 +80,13 @@ def test_real_vllm_parser_when_available():
     py = P.vllm_python()
     if not py:
         pytest.skip("no vLLM environment (set S1C_VLLM_PYTHON); schema checks above still ran")
+    plan = P.make_plan("2xH100-80GB", "default26")
+    argvs = [P.serve_args(sc) for sc in P.stack_configs(plan, lmcache=True).values()]
+    argvs += [P.serve_args(sc) for sc in P.stack_configs(plan, kv_budget="bytes").values()]
     good = P.serve_args(full_config())
-    res = P.validate_with_vllm([good, ["vllm", "serve", "m", "--kv-cache-dtype", "fp9"]], py)
-    assert res[0]["ok"] and res[0]["kv_cache_dtype"] == "fp8_e4m3" and res[0]["enable_sleep_mode"] is True
-    assert not res[1]["ok"]
+    res = P.validate_with_vllm(argvs + [good, ["vllm", "serve", "m", "--kv-cache-dtype", "fp9"],
+                                        ["vllm", "serve", "m", "--mm-encoder-tp-mode", "pipe"]], py)
+    assert all(r["ok"] for r in res[:-2]), [r for r in res if not r["ok"]]
+    assert res[-3]["kv_cache_dtype"] == "fp8_e4m3" and res[-3]["enable_sleep_mode"] is True
+    assert res[-2] == {**res[-2], "ok": False, "stage": "CacheConfig"}
+    assert res[-1]["ok"] is False and res[-1]["stage"] == "argparse"
