@@ -338,3 +338,15 @@ def test_top_logprobs_all_and_extra_body(clean):
     with clean.client(extra_body={"logprob_token_ids": [1, 2]}) as c:
         assert c.request_body(CONE)["logprob_token_ids"] == [1, 2]
         assert c.p_roadwork(CONE).p == pytest.approx(served_p(CONE), abs=1e-6)   # unknown fields are ignored, as vLLM does
+
+
+def test_failing_scorer_is_a_500_in_vllm_shape():
+    def broken(img): raise RuntimeError("weights not loaded")
+    def out_of_range(img): return 1.7
+    for scorer, needle in ((broken, "weights not loaded"), (out_of_range, "p=1.7, outside")):
+        with StandinServer(scorer, "broken") as s, s.client(max_retries=1, backoff_s=0.001) as c:
+            r = httpx.post(s.url + "/v1/chat/completions", json=c.request_body(CONE) | {"model": "broken"})
+            assert r.status_code == 500 and r.json()["error"]["type"] == "InternalServerError" and needle in r.json()["error"]["message"]
+            with pytest.raises(VLMUnavailable, match=needle) as e:
+                c.p_roadwork(CONE)
+            assert e.value.attempts == 2
