@@ -42,9 +42,9 @@ def srv():
 
 @pytest.fixture
 def clean(srv):
-    srv.set_faults(latency_s=0.0, jitter_s=0.0, error_rate=0.0, drop_rate=0.0, garbage_rate=0.0, seed=0)
+    srv.set_faults(latency_s=0.0, jitter_s=0.0, error_rate=0.0, drop_rate=0.0, garbage_rate=0.0, seed=0, dead=False)
     yield srv
-    srv.set_faults(latency_s=0.0, jitter_s=0.0, error_rate=0.0, drop_rate=0.0, garbage_rate=0.0, seed=0)
+    srv.set_faults(latency_s=0.0, jitter_s=0.0, error_rate=0.0, drop_rate=0.0, garbage_rate=0.0, seed=0, dead=False)
 
 
 def counts(srv):
@@ -350,3 +350,16 @@ def test_failing_scorer_is_a_500_in_vllm_shape():
             with pytest.raises(VLMUnavailable, match=needle) as e:
                 c.p_roadwork(CONE)
             assert e.value.attempts == 2
+
+
+def test_dead_engine(clean):
+    clean.set_faults(dead=True)
+    with clean.client(max_retries=1, backoff_s=0.001) as c:
+        assert httpx.get(clean.url + "/health").status_code == 503 and not c.health()
+        with pytest.raises(VLMUnavailable, match="HTTP 500: The server had an error"):
+            c.p_roadwork(CONE)
+    clean.set_faults(dead=False)
+    with clean.client() as c:
+        assert c.health() and c.p_roadwork(CONE).source == "logprobs"
+    with pytest.raises(ValueError, match="dead='yes'"):
+        clean.set_faults(dead="yes")
