@@ -9,7 +9,7 @@ Modules:
 - `stage1_cascade.compression.quant`: Two ways to hold a model in fewer bytes, each measured rather than assumed: a KV cache that stores 4-bit codes plus a low-rank and a sparse correction of their error (GEAR), and weight checkpoints (W4A16 with AWQ, FP8) written by llm-compressor in its own environment in the compressed-tensors format that vLLM loads without flags.
 - `stage1_cascade.core`: The ground every other notebook stands on: one settings object, logging configured once, and run folders whose files are written atomically.
 - `stage1_cascade.data`: Every image the cascade sees passes through here: decoded and validated (or refused with a reason), augmented the way a NATIX validator augments it, and, when no real data is at hand, drawn by a procedural street-scene generator.
-- `stage1_cascade.detect`: Three image models with their real loaders (an ultralytics YOLO, an HF transformers RT-DETRv2, a small CNN), each turned into P(roadwork), fused by logistic stacking fitted on a calibration split. Also the larger CPU classifier the VLM stand-in server looks through.
+- `stage1_cascade.detect`: Three image models with their real loaders (an ultralytics YOLO, an HF transformers RT-DETRv2, a small CNN), each turned into P(roadwork), fused by logistic stacking fitted on a calibration split. Also the three larger CPU classifiers the VLM stand-in server looks through, one per tier.
 - `stage1_cascade.engines`: The VLM tier of the cascade is a server, not an import: a client that asks one yes/no question per image and reads P(roadwork) from the answer's logprobs, and a vLLM-faithful **stand-in** server that lets the whole tier run, fail and be measured on a CPU laptop."""
 
 __version__ = "0.1.0"

@@ -6,8 +6,11 @@ from stage1_cascade.core import assets_dir
 from stage1_cascade.data import load_image, synthetic_samples
 from stage1_cascade.engines import ServerManager, get_scorer, VLMRequestError
 
-CKPT = assets_dir() / "standin" / "standin_cnn.pt"
-pytestmark = pytest.mark.skipif(not CKPT.exists(), reason=f"no shipped stand-in checkpoint at {CKPT}")
+CKPTS = [assets_dir() / "standin" / f"{t}.pt" for t in ("fast", "power", "precision")]
+
+
+def test_stand_in_checkpoints_are_shipped():
+    assert all(p.exists() for p in CKPTS), [str(p) for p in CKPTS if not p.exists()]
 
 
 def test_tiers_serve_the_classifier_p():
