@@ -21,14 +21,15 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from .core import S1CError
 
 # %% auto #0
-__all__ = ['INVALID_REASONS', 'MAX_PIXELS', 'MAX_BYTES', 'MIN_SIDE', 'MAX_ASPECT', 'IMAGE_FORMATS', 'AUG_SIZE', 'DISTORTIONS',
-           'LEVEL_DISTORTIONS', 'DISTORT_FNS', 'ROADWORK_CLASSES', 'SCENE_VERSION', 'SKIES', 'ORANGES', 'CONE_COLOURS',
-           'CAR_COLOURS', 'NEGATIVE_CLASSES', 'POSITIVE_NAMES', 'NEGATIVE_NAMES', 'IMAGE_EXTS', 'InvalidImage',
-           'sniff_format', 'image_bytes', 'to_rgb', 'load_image', 'to_jpeg', 'rgb_to_ycbcr', 'ycbcr_to_rgb',
-           'color_saturation', 'color_contrast', 'jpeg_downup', 'color_gaussian_noise', 'gaussian_blur',
-           'augment_params', 'augment', 'challenge_jpeg', 'Box', 'Scene', 'make_scene', 'Sample', 'synthetic_samples',
-           'DatasetError', 'parse_label', 'load_folder', 'load_labels_csv', 'load_parquet', 'write_folder',
-           'write_parquet', 'augment_samples', 'load_samples', 'split_samples']
+__all__ = ['INVALID_REASONS', 'MAX_PIXELS', 'MAX_BYTES', 'MIN_SIDE', 'MAX_ASPECT', 'IMAGE_FORMATS', 'AUG_SIZE', 'AUG_VERSION',
+           'DISTORTIONS', 'LEVEL_DISTORTIONS', 'DISTORT_FNS', 'ROADWORK_CLASSES', 'SCENE_VERSION', 'SKIES', 'ORANGES',
+           'CONE_COLOURS', 'CAR_COLOURS', 'NEGATIVE_CLASSES', 'POSITIVE_NAMES', 'NEGATIVE_NAMES', 'IMAGE_EXTS',
+           'InvalidImage', 'sniff_format', 'image_bytes', 'to_rgb', 'load_image', 'to_jpeg', 'AugmentError',
+           'bgr_to_ycbcr', 'ycbcr_to_bgr', 'color_saturation', 'color_contrast', 'jpeg_downup', 'color_gaussian_noise',
+           'gaussian_blur', 'shift_to_point', 'augment_params', 'augment', 'challenge_jpeg', 'challenge', 'Box',
+           'Scene', 'make_scene', 'Sample', 'synthetic_samples', 'DatasetError', 'parse_label', 'load_folder',
+           'load_labels_csv', 'load_parquet', 'write_folder', 'write_parquet', 'augment_samples', 'load_samples',
+           'split_samples']
 
 # %% ../nbs/01_data.ipynb #5c0735bc
 INVALID_REASONS = ("empty", "not_an_image", "truncated", "corrupt", "invalid_base64",
@@ -189,76 +190,94 @@ def to_jpeg(img:Image.Image, # any mode; converted to RGB
     b = io.BytesIO(); to_rgb(img).save(b, "JPEG", quality=quality); return b.getvalue()
 
 # %% ../nbs/01_data.ipynb #2493b786
+class AugmentError(S1CError, ValueError):
+    "An augmentation level, severity or parameter dict that cannot be used; the message says what is allowed."
+
 AUG_SIZE = 224
+AUG_VERSION = 2  # bumped whenever the same image, level and seed give other pixels; record it beside SCENE_VERSION
 DISTORTIONS = {  # parameter by severity 1..5 (levels use 1 and 2)
-    "CS": (0.4, 0.3, 0.2, 0.1, 0.0),  # chroma scale: Cb, Cr pulled towards 0.5
+    "CS": (0.4, 0.3, 0.2, 0.1, 0.0),  # chroma scale: Cb', Cr' pulled towards 0.5
     "CC": (0.85, 0.725, 0.6, 0.475, 0.35),  # every channel multiplied
     "JPEG": (2, 3, 4, 5, 6),  # down-sampling factor, then back up
-    "GNC": (0.001, 0.002, 0.005, 0.01, 0.05),  # noise variance in YCbCr on a 0-1 scale
+    "GNC": (0.001, 0.002, 0.005, 0.01, 0.05),  # noise variance, added to the validator's YCbCr / 255
     "GB": (7, 9, 13, 17, 21),  # Gaussian kernel size, sigma = size / 6
 }
-LEVEL_DISTORTIONS = {2: (("CS", "CC", "JPEG"), 1), 3: (("CS", "CC", "JPEG", "GNC", "GB"), 2)}  # names, max severity
+LEVEL_DISTORTIONS = {2: (("CS", "CC", "JPEG"), 1), 3: (("CS", "CC", "JPEG", "GNC", "GB"), 2)}  # names in order, max severity
 
-# Full-range BT.601 (the JPEG/JFIF matrix), on a 0-1 scale with chroma centred on 0.5.
-_RGB2YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
-_YCC2RGB = np.linalg.inv(_RGB2YCC)
-
-def rgb_to_ycbcr(a:np.ndarray # HxWx3 RGB uint8
+def bgr_to_ycbcr(bgr:np.ndarray # HxWx3 BGR with 0-255 values (uint8 or float)
                 )->np.ndarray:
-    "YCbCr in [0, 1] (chroma centred on 0.5) of an RGB uint8 array."
-    y = (a.astype(np.float32) / 255.0) @ _RGB2YCC.T.astype(np.float32)
-    y[..., 1:] += 0.5
+    "The validator's YCbCr (float32; Y, Cb, Cr): OpenCV's float YCrCb, reordered, then its 'limited-range' rescale."
+    y = cv2.cvtColor(np.asarray(bgr).astype(np.float32), cv2.COLOR_BGR2YCR_CB)[..., [0, 2, 1]]
+    y[..., 0] = (y[..., 0] * 219 + 16) / 255.0  # Y' = (Y (235 - 16) + 16) / 255
+    y[..., 1:] = (y[..., 1:] * 224 + 16) / 255.0  # C' = (C (240 - 16) + 16) / 255
     return y
 
-def ycbcr_to_rgb(y:np.ndarray # HxWx3 YCbCr in [0, 1]
+def ycbcr_to_bgr(y:np.ndarray # HxWx3 Y, Cb, Cr as `bgr_to_ycbcr` gives them
                 )->np.ndarray:
-    "RGB uint8 from YCbCr on a 0-1 scale (clipped)."
-    y = y.astype(np.float32).copy(); y[..., 1:] -= 0.5
-    return np.clip(np.rint(y @ _YCC2RGB.T.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    "BGR float32 (neither clipped nor rounded) from the validator's YCbCr: the rescale undone, then OpenCV."
+    y = np.array(y, np.float32)
+    y[..., 0] = (y[..., 0] * 255.0 - 16) / 219
+    y[..., 1:] = (y[..., 1:] * 255.0 - 16) / 224
+    return cv2.cvtColor(np.ascontiguousarray(y[..., [0, 2, 1]]), cv2.COLOR_YCR_CB2BGR)
 
 # %% ../nbs/01_data.ipynb #44134618
 def _param(name, severity):
-    if not 1 <= severity <= 5: raise ValueError(f"{name} severity {severity} is outside 1..5")
+    if not 1 <= severity <= 5: raise AugmentError(f"{name} severity {severity} is outside 1..5 (0 means: skip it)")
     return DISTORTIONS[name][severity - 1]
 
-def color_saturation(a:np.ndarray, severity:int, rng=None)->np.ndarray:
-    "CS: pull Cb and Cr towards 0.5 by the severity's chroma scale."
-    s = _param("CS", severity); y = rgb_to_ycbcr(a)
+def color_saturation(bgr:np.ndarray, severity:int, rng=None)->np.ndarray:
+    "CS: Cb' and Cr' pulled towards 0.5 by the severity's factor; back to uint8 by truncation, not clipped."
+    y = bgr_to_ycbcr(bgr); s = _param("CS", severity)
     y[..., 1:] = 0.5 + (y[..., 1:] - 0.5) * s
-    return ycbcr_to_rgb(y)
+    return ycbcr_to_bgr(y).astype(np.uint8)
 
-def color_contrast(a:np.ndarray, severity:int, rng=None)->np.ndarray:
-    "CC: multiply every channel by the severity's pixel scale."
-    return np.clip(np.rint(a.astype(np.float32) * _param("CC", severity)), 0, 255).astype(np.uint8)
+def color_contrast(bgr:np.ndarray, severity:int, rng=None)->np.ndarray:
+    "CC: every channel multiplied by the severity's factor, truncated."
+    return (bgr.astype(np.float32) * _param("CC", severity)).astype(np.uint8)
 
-def jpeg_downup(a:np.ndarray, severity:int, rng=None)->np.ndarray:
-    "JPEG: resize down by the severity's factor and back up (OpenCV's default, bilinear)."
-    f = _param("JPEG", severity); h, w = a.shape[:2]
-    small = cv2.resize(a, (max(1, w // f), max(1, h // f)))
-    return cv2.resize(small, (w, h))
+def jpeg_downup(bgr:np.ndarray, severity:int, rng=None)->np.ndarray:
+    "JPEG: resized down by the severity's factor and back up (OpenCV's default, bilinear, on uint8)."
+    f = _param("JPEG", severity); h, w = bgr.shape[:2]
+    return cv2.resize(cv2.resize(bgr, (max(1, w // f), max(1, h // f))), (w, h))
 
-def color_gaussian_noise(a:np.ndarray, severity:int, rng:np.random.Generator)->np.ndarray:
-    "GNC: add Gaussian noise of the severity's variance to Y, Cb and Cr on a 0-1 scale."
-    y = rgb_to_ycbcr(a)
-    y += rng.standard_normal(y.shape, dtype=np.float32) * np.float32(math.sqrt(_param("GNC", severity)))
-    return ycbcr_to_rgb(np.clip(y, 0, 1))
+def color_gaussian_noise(bgr:np.ndarray, severity:int, rng:np.random.Generator)->np.ndarray:
+    "GNC: N(0, var) (float64) added to the validator's YCbCr / 255, back to BGR, clipped there, truncated."
+    y = bgr_to_ycbcr(bgr) / 255
+    y = (y + math.sqrt(_param("GNC", severity)) * rng.standard_normal(y.shape)) * 255
+    return np.clip(ycbcr_to_bgr(y), 0, 255).astype(np.uint8)
 
-def gaussian_blur(a:np.ndarray, severity:int, rng=None)->np.ndarray:
+def gaussian_blur(bgr:np.ndarray, severity:int, rng=None)->np.ndarray:
     "GB: Gaussian blur with the severity's kernel and sigma = kernel / 6."
     k = _param("GB", severity)
-    return cv2.GaussianBlur(a, (k, k), k / 6)
+    return cv2.GaussianBlur(bgr, (k, k), k / 6)
 
 DISTORT_FNS = {"CS": color_saturation, "CC": color_contrast, "JPEG": jpeg_downup,
-               "GNC": color_gaussian_noise, "GB": gaussian_blur}
+               "GNC": color_gaussian_noise, "GB": gaussian_blur}  # each: BGR uint8 in, BGR uint8 out
 
 # %% ../nbs/01_data.ipynb #83721615
-def _rrc_box(w, h, rng, scale=(0.2, 1.0)):
+def _rrc_draw(W, H, rng, scale=(0.2, 1.0)):
+    "(i, j, h, w) drawn like torchvision's `RandomResizedCrop.get_params` with aspect 1: ten tries, then the centred square."
     for _ in range(10):
-        side = int(round(math.sqrt(w * h * rng.uniform(*scale))))
-        if 0 < side <= w and 0 < side <= h:
-            return int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1)), side
-    side = min(w, h)
-    return (w - side) // 2, (h - side) // 2, side
+        side = int(round(math.sqrt(W * H * rng.uniform(*scale))))
+        if 0 < side <= W and 0 < side <= H:
+            i = int(rng.integers(0, H - side + 1))
+            return i, int(rng.integers(0, W - side + 1)), side, side
+    side = min(W, H)
+    return (H - side) // 2, (W - side) // 2, side, side
+
+def shift_to_point(box:tuple[int, int, int, int], # (i, j, h, w): top, left, height, width of the drawn crop
+                   point:tuple[float, float], # (x, y) in the unrotated image's pixels; floored to integer pixels
+                   size:tuple[int, int] # (W, H) of the image
+                  )->tuple[int, int, int, int]:
+    "The crop after the validator's shift towards a point of interest, its quirks included (see above)."
+    i, j, h, w = box; W, H = size
+    x, y = math.floor(point[0]), math.floor(point[1])
+    lim_j, lim_i = H - w, W - h  # the validator's (width, height) is a CHW tensor's shape[1:] = (H, W)
+    if x < j: j = max(0, x - 10)
+    elif x > j + w: j = min(lim_j, x - w + 10)
+    if y < i: i = max(0, y - 10)
+    elif y > i + h: i = min(lim_i, y - h + 10)
+    return i, j, h, w
 
 def _rotated(pt, w, h, angle):
     "Where `pt` lands when a w x h image is rotated by `angle` degrees counter-clockwise about its centre."
@@ -268,55 +287,89 @@ def _rotated(pt, w, h, angle):
 def augment_params(size:tuple[int, int], # (width, height) of the input image
                    level:int|None, # 0..3, or None to draw one uniformly like a validator
                    seed:int, # the whole draw is a function of this seed
-                   keep:tuple[float, float]|None=None # a point of interest (x, y) the random crop is shifted to contain
+                   point:tuple[float, float]|None=None # a point of interest (x, y), shifted to with the validator's semantics
                   )->dict:
-    "The random choices of one validator augmentation of an image of `size`."
+    "The random choices of one validator augmentation of an image of `size`: all that `augment` needs to replay it."
     rng = np.random.default_rng(seed)
     if level is None: level = int(rng.integers(0, 4))
-    if level not in (0, 1, 2, 3): raise ValueError(f"augmentation level {level!r}; allowed: 0, 1, 2, 3 or None")
-    w, h = size
-    if level == 0:
-        s = min(w, h)
-        return dict(level=0, crop=(int(round((w - s) / 2)), int(round((h - s) / 2)), s))
-    p = dict(level=level, angle=float(rng.uniform(-20, 20)))
-    l, t, s = _rrc_box(w, h, rng)
-    if keep is not None:  # shift the crop (not resize it) so the rotated point of interest stays inside
-        kx, ky = _rotated(keep, w, h, p["angle"])
-        if 0 <= kx < w and 0 <= ky < h:
-            l = int(min(max(l, math.floor(kx) - s + 1), math.floor(kx), w - s)); t = int(min(max(t, math.floor(ky) - s + 1), math.floor(ky), h - s))
-    p["crop"] = (l, t, s)
-    p["hflip"], p["vflip"] = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+    if level not in (0, 1, 2, 3): raise AugmentError(f"augmentation level {level!r}; allowed: 0, 1, 2, 3 or None")
+    W, H = size
+    if level == 0:  # CenterCrop's offsets: Python's round, half to even
+        s = min(W, H); i, j = int(round((H - s) / 2)), int(round((W - s) / 2))
+        return dict(level=0, box=(i, j, s, s), crop=(j, i, s), aug_version=AUG_VERSION)
+    p = dict(level=level, angle=float(rng.uniform(-20, 20)), drawn=_rrc_draw(W, H, rng))
+    p["point"] = None if point is None else (math.floor(point[0]), math.floor(point[1]))
+    p["box"] = p["drawn"] if point is None else shift_to_point(p["drawn"], point, size)
+    p["crop"] = (p["box"][1], p["box"][0], p["box"][2])
     if level >= 2:
         names, top = LEVEL_DISTORTIONS[level]
         p["severity"] = {n: int(rng.integers(0, top + 1)) for n in names}
         p["noise_seed"] = int(rng.integers(0, 2**31))
+    p["aug_version"] = AUG_VERSION
     return p
+
+# %% ../nbs/01_data.ipynb #ff33701d
+import contextlib
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    "Torch on one thread for a 224-px job (a thread pool costs more than it saves there); the old count restored after."
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    try: yield
+    finally: torch.set_num_threads(n)
+
+def _box_of(p, size):
+    if "box" in p: box = tuple(p["box"])
+    elif "crop" in p: l, t, s = p["crop"]; box = (t, l, s, s)
+    elif p.get("level") == 0: box = augment_params(size, 0, 0)["box"]
+    else: raise AugmentError(f"params for level {p.get('level')} need 'box' (i, j, h, w) or 'crop'; got keys {sorted(p)}")
+    if len(box) != 4 or not all(isinstance(v, (int, np.integer)) for v in box):
+        raise AugmentError(f"params box {box!r} must be four integers (i, j, h, w); floor a float point of interest first")
+    return tuple(int(v) for v in box)
 
 def augment(img, # a PIL image (or anything `load_image` reads)
             level:int|None=None, # 0..3, or None to draw one like a validator
-            seed:int=0, # reproducible: same image, level and seed give the same pixels
+            seed:int=0, # reproducible: same image, level, seed and point give the same pixels
             size:int=AUG_SIZE, # output side
-            keep:tuple[float, float]|None=None # a point of interest the level 1-3 crop keeps inside, when known
+            point:tuple[float, float]|None=None, # a point of interest (NATIX `mask_center`) in `img`'s pixels
+            params:dict|None=None # replay these draws (`augment_params`' format) instead of drawing from `seed`
            )->Image.Image:
-    "`img` transformed by one NATIX validator augmentation level: a `size`x`size` RGB image."
+    "`img` as one NATIX validator augmentation: pixel for pixel what the validator makes from the same draws."
     img = load_image(img) if not (isinstance(img, Image.Image) and img.mode == "RGB") else img
-    p = augment_params(img.size, level, seed, keep)
-    l, t, s = p["crop"]
-    if p["level"] == 0: return img.crop((l, t, l + s, t + s)).resize((size, size), Image.BILINEAR)
-    img = img.rotate(p["angle"], resample=Image.BILINEAR, expand=False, fillcolor=(0, 0, 0))
-    img = img.crop((l, t, l + s, t + s)).resize((size, size), Image.BILINEAR)
-    if p["hflip"]: img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    if p["vflip"]: img = img.transpose(Image.FLIP_TOP_BOTTOM)
-    if p["level"] >= 2:
-        a, rng = np.asarray(img), np.random.default_rng(p["noise_seed"])
-        for name, sev in p["severity"].items():
-            if sev: a = DISTORT_FNS[name](a, sev, rng)
-        img = Image.fromarray(np.ascontiguousarray(a))
-    return img
+    p = augment_params(img.size, level, seed, point) if params is None else params
+    lv = p.get("level")
+    if lv not in (0, 1, 2, 3): raise AugmentError(f"params level {lv!r}; allowed: 0, 1, 2, 3")
+    i, j, h, w = _box_of(p, img.size)
+    if lv == 0: return img.crop((j, i, j + w, i + h)).resize((size, size), Image.BILINEAR)
+    if "angle" not in p: raise AugmentError(f"params for level {lv} need 'angle' (degrees); got keys {sorted(p)}")
+    with _one_torch_thread():
+        from torchvision.transforms import functional as TF, InterpolationMode
+        t = TF.rotate(TF.to_tensor(img), float(p["angle"]), interpolation=InterpolationMode.NEAREST)
+        t = TF.resized_crop(t, i, j, h, w, [size, size], InterpolationMode.BILINEAR, antialias=True)  # zero-pads past the edge
+        rgb = (t.permute(1, 2, 0).numpy() * 255).astype(np.uint8)  # truncated, as the validator's casts do
+    if lv >= 2:
+        names, top = LEVEL_DISTORTIONS[lv]; sev = p.get("severity", {})
+        if any(not 0 <= sev.get(n, 0) <= top for n in names): raise AugmentError(f"level {lv} severities {sev}: each must be in 0..{top}")
+        rng, bgr = np.random.default_rng(p.get("noise_seed", 0)), np.ascontiguousarray(rgb[..., ::-1])
+        for n in names:  # the validator's order, whatever the dict's
+            if sev.get(n, 0): bgr = DISTORT_FNS[n](bgr, sev[n], rng)
+        rgb = bgr[..., ::-1]
+    return Image.fromarray(np.ascontiguousarray(rgb))
 
-def challenge_jpeg(img, level:int|None=None, seed:int=0)->bytes:
-    "What a validator sends for `img`: one augmentation level, then a quality-75 JPEG."
-    return to_jpeg(augment(img, level, seed))
+# %% ../nbs/01_data.ipynb #fb396937
+def challenge_jpeg(img, level:int|None=None, seed:int=0, point:tuple[float, float]|None=None, params:dict|None=None)->bytes:
+    "The JPEG bytes of a challenge: `augment`, then Pillow's JPEG at its defaults (quality 75, 4:2:0)."
+    return to_jpeg(augment(img, level, seed, point=point, params=params))
+
+def challenge(img, # a PIL image (or anything `load_image` reads)
+              level:int|None=None, # 0..3, or None to draw one uniformly like a validator
+              seed:int=0, # the draws are a function of the seed
+              point:tuple[float, float]|None=None, # a point of interest (NATIX `mask_center`), validator semantics
+              params:dict|None=None # replay these draws instead
+             )->str:
+    "Exactly what a miner receives for `img`: one validator augmentation, a quality-75 4:2:0 JPEG, base64."
+    return base64.b64encode(challenge_jpeg(img, level, seed, point, params)).decode("ascii")
 
 # %% ../nbs/01_data.ipynb #8a1484e7
 ROADWORK_CLASSES = ("cone", "barrel", "barrier", "roadwork_sign", "worker", "machinery")
@@ -744,6 +797,7 @@ class Sample:
     level: int|None = None  # augmentation level applied (None: as found)
     source: str = ""  # where it came from: 'synthetic:<seed>', a file path, 'parquet:<file>#<row>'
     boxes: list[Box] = field(default_factory=list)  # roadwork boxes in this image's pixels (level 0 / as found only)
+    point: tuple[float, float]|None = None  # point of interest (NATIX `mask_center`) in this image's pixels, when the source has one
 
     def pil(self)->Image.Image:
         "The decoded RGB image (raises `InvalidImage` for a bad one)."
@@ -771,9 +825,9 @@ def synthetic_samples(n:int, # how many samples; labels alternate so they are ba
     for i, s in enumerate(seeds):
         label = i % 2; level = int(levels[(i // 2) % len(levels)])
         sc = make_scene(s, roadwork=bool(label), size=size)
-        img = augment(sc.image, level, s, keep=sc.meta["anchor"])
+        jpeg = challenge_jpeg(sc.image, level, s, point=sc.meta["anchor"])  # the anchor as point of interest
         boxes = _scale_boxes(sc.boxes, augment_params(sc.image.size, 0, s)["crop"], AUG_SIZE) if level == 0 else []
-        out.append(Sample(f"syn{seed}-{i:06d}", to_jpeg(img), label, level, f"synthetic:{s}", boxes))
+        out.append(Sample(f"syn{seed}-{i:06d}", jpeg, label, level, f"synthetic:{s}", boxes))
     return out
 
 # %% ../nbs/01_data.ipynb #3f7d4fb7
@@ -903,7 +957,8 @@ def augment_samples(samples:Iterable[Sample], # samples as found (level None)
         try: img = load_image(s.image)
         except InvalidImage: out.append(s); continue
         boxes = _scale_boxes(s.boxes, augment_params(img.size, 0, aseed)["crop"], AUG_SIZE) if level == 0 else []
-        out.append(replace(s, image=to_jpeg(augment(img, level, aseed)), level=level, boxes=boxes))
+        jpeg = challenge_jpeg(img, level, aseed, point=s.point)  # the source's point, with the validator's semantics
+        out.append(replace(s, image=jpeg, level=level, boxes=boxes, point=None))  # the point was in the source's pixels
     return out
 
 def load_samples(spec:str|Path, # 'synthetic:N[:seed]', a folder, a labels CSV, a .parquet file or a folder of them
