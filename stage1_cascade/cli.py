@@ -146,21 +146,22 @@ def eval_(data: str = typer.Option(..., "--data", help="synthetic:N[:SEED], a fo
     _print_run(run, m, time.perf_counter() - t0)
 
 @app.command()
-def predict(images: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, WebP, BMP)."),
+def predict(images: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, WebP, BMP; a GIF gives its first frame)."),
             config: Optional[Path] = typer.Option(None, "--config", help="Routing YAML (default: the shipped one).")):
     "One JSON line per image: the prediction with its trace, or the error. Exit 3 if any image failed."
+    from contextlib import ExitStack
     from stage1_cascade.bench import open_stack
-    from stage1_cascade.data import InvalidImage, load_image
-    failed = 0
-    with open_stack(config) as stack:
-        cascade = stack.cascade()
+    from stage1_cascade.data import InvalidImage, image_bytes, load_image
+    failed, cascade = 0, None
+    with ExitStack() as opened:  # the models open at the first valid image: bad inputs are answered at once
         for path in images:
             try:
-                data = path.read_bytes(); load_image(data)
+                data = image_bytes(path); load_image(data)  # regular files only, at most MAX_BYTES read
             except (OSError, InvalidImage) as e:
                 failed += 1
                 typer.echo(json.dumps({"image": str(path), "error": str(e) if isinstance(e, InvalidImage) else f"cannot read: {e.strerror or e}"}))
                 continue
+            if cascade is None: cascade = opened.enter_context(open_stack(config)).cascade()
             d = cascade.decide(data)
             typer.echo(json.dumps({"image": str(path), "prediction": round(d.p, 6), "tier": d.tier,
                                    "probs": {k: round(v, 6) for k, v in d.probs.items()},

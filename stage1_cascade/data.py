@@ -24,17 +24,17 @@ from .core import S1CError
 __all__ = ['INVALID_REASONS', 'MAX_PIXELS', 'MAX_BYTES', 'MIN_SIDE', 'MAX_ASPECT', 'IMAGE_FORMATS', 'AUG_SIZE', 'AUG_VERSION',
            'DISTORTIONS', 'LEVEL_DISTORTIONS', 'DISTORT_FNS', 'ROADWORK_CLASSES', 'SCENE_VERSION', 'SKIES', 'ORANGES',
            'CONE_COLOURS', 'CAR_COLOURS', 'NEGATIVE_CLASSES', 'POSITIVE_NAMES', 'NEGATIVE_NAMES', 'IMAGE_EXTS',
-           'InvalidImage', 'sniff_format', 'image_bytes', 'to_rgb', 'load_image', 'to_jpeg', 'AugmentError',
-           'bgr_to_ycbcr', 'ycbcr_to_bgr', 'color_saturation', 'color_contrast', 'jpeg_downup', 'color_gaussian_noise',
-           'gaussian_blur', 'shift_to_point', 'augment_params', 'augment', 'challenge_jpeg', 'challenge', 'Box',
-           'Scene', 'make_scene', 'Sample', 'synthetic_samples', 'DatasetError', 'parse_label', 'load_folder',
-           'load_labels_csv', 'load_parquet', 'write_folder', 'write_parquet', 'augment_samples', 'load_samples',
-           'split_samples']
+           'InvalidImage', 'RefusedImage', 'sniff_format', 'image_bytes', 'to_rgb', 'load_image', 'to_jpeg',
+           'AugmentError', 'bgr_to_ycbcr', 'ycbcr_to_bgr', 'color_saturation', 'color_contrast', 'jpeg_downup',
+           'color_gaussian_noise', 'gaussian_blur', 'shift_to_point', 'augment_params', 'augment', 'challenge_jpeg',
+           'challenge', 'Box', 'Scene', 'make_scene', 'Sample', 'synthetic_samples', 'DatasetError', 'DatasetWarning',
+           'parse_label', 'load_folder', 'load_labels_csv', 'load_parquet', 'write_folder', 'write_parquet',
+           'augment_samples', 'load_samples', 'split_samples']
 
 # %% ../nbs/01_data.ipynb #5c0735bc
 INVALID_REASONS = ("empty", "not_an_image", "truncated", "corrupt", "invalid_base64",
-                   "decompression_bomb", "absurd_size", "unsupported_format", "file_not_found",
-                   "unsupported_type")
+                   "decompression_bomb", "absurd_size", "unsupported_format", "missing_file",
+                   "not_a_file", "unreadable", "unsupported_type")
 
 class InvalidImage(S1CError, ValueError):
     "An input that cannot be used as an image; `.reason` is one of `INVALID_REASONS`."
@@ -46,12 +46,27 @@ class InvalidImage(S1CError, ValueError):
         self.reason, self.detail = reason, detail
         super().__init__(f"invalid image ({reason}): {detail}")
 
+# %% ../nbs/01_data.ipynb #704ae25e
+class RefusedImage(bytes):
+    "No bytes: stands for an input refused while its data set was read; `load_image` raises its `InvalidImage` again."
+    def __new__(cls,
+                reason:str, # one of `INVALID_REASONS`
+                detail:str # what was wrong and what to do
+               ):
+        InvalidImage(reason, detail)  # an unknown reason fails here, not when the sample is used
+        self = super().__new__(cls, b"")
+        self.reason, self.detail = reason, detail
+        return self
+    def error(self)->InvalidImage: return InvalidImage(self.reason, self.detail)
+    def __reduce__(self): return (RefusedImage, (self.reason, self.detail))
+    def __repr__(self): return f"RefusedImage({self.reason!r}, {self.detail!r})"
+
 # %% ../nbs/01_data.ipynb #9f06ae1c
 MAX_PIXELS = 40_000_000  # pixel cap checked from the header before decoding
 MAX_BYTES = 64 * 2**20  # encoded size cap
 MIN_SIDE = 16  # smallest side we accept
 MAX_ASPECT = 20.0  # longest / shortest side
-IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP")
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF")  # an animated GIF (or WebP, APNG) gives its first frame
 
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"BM", "BMP"), (b"GIF8", "GIF"),
           (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
@@ -65,6 +80,8 @@ def sniff_format(data:bytes # encoded image bytes
     return None
 
 # %% ../nbs/01_data.ipynb #960b3a33
+import stat
+
 _B64_RE = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
 _B64_HEADS = ("/9j/", "iVBOR", "UklGR", "Qk")  # base64 of JPEG, PNG, RIFF, BM magic
 
@@ -80,16 +97,42 @@ def _b64decode(s:str, what:str="base64 string")->bytes:
     except (binascii.Error, ValueError) as ex:
         raise InvalidImage("invalid_base64", f"the {what} ({len(s)} chars) does not decode: {ex}") from None
 
-def _read_path(p:Path)->bytes:
-    if not p.exists(): raise InvalidImage("file_not_found", f"no file at {str(p)!r}")
-    if not p.is_file(): raise InvalidImage("file_not_found", f"{str(p)!r} is not a regular file")
-    n = p.stat().st_size
-    if n > MAX_BYTES: raise InvalidImage("absurd_size", f"{str(p)!r} is {n} bytes; the limit is {MAX_BYTES}")
-    return p.read_bytes()
+def _kind(mode:int)->str:
+    "What a file that is not a regular one is, in words."
+    for is_kind, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket")):
+        if is_kind(mode): return name
+    return f"a special file (mode {mode:o})"
+
+def _read_path(p:Path, max_bytes:int=MAX_BYTES)->bytes:
+    "The bytes of the regular file `p`, at most `max_bytes`; anything else is refused before it is read."
+    where = repr(str(p))
+    try: st = os.stat(p)
+    except (FileNotFoundError, NotADirectoryError): raise InvalidImage("missing_file", f"no file at {where}") from None
+    except (OSError, ValueError) as ex:
+        raise InvalidImage("unreadable", f"cannot look at {where}: {getattr(ex, 'strerror', None) or ex}") from None
+    if not stat.S_ISREG(st.st_mode): raise InvalidImage("not_a_file", f"{where} is {_kind(st.st_mode)}; give an image file")
+    if st.st_size > max_bytes: raise InvalidImage("absurd_size", f"{where} is {st.st_size} bytes; the limit is {max_bytes}")
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        with open(fd, "rb", buffering=0) as fh:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode): raise InvalidImage("not_a_file", f"{where} became {_kind(mode)} between the check and the open")
+            data = fh.read(min(st.st_size, max_bytes) + 1)
+            while len(data) <= max_bytes and (more := fh.read(min(2**20, max_bytes + 1 - len(data)))): data += more
+    except OSError as ex: raise InvalidImage("unreadable", f"cannot read {where}: {ex.strerror or ex}") from None
+    if len(data) > max_bytes:
+        raise InvalidImage("absurd_size", f"{where} holds more than {max_bytes} bytes (more than its size said when checked)")
+    return data
+
+def _as_path(s:str)->Path:
+    try: return Path(s).expanduser()
+    except RuntimeError: return Path(s)  # '~someone' with no such user
 
 def image_bytes(src:bytes|bytearray|memoryview|str|os.PathLike # raw bytes, a path, base64 or a data URL
                )->bytes:
     "The encoded bytes `src` stands for (file contents, decoded base64 or data URL)."
+    if isinstance(src, RefusedImage): raise src.error()
     if isinstance(src, (bytes, bytearray, memoryview)):
         src = bytes(src)
         if not src.startswith((b"data:", b"DATA:") + tuple(h.encode() for h in _B64_HEADS)): return src
@@ -108,11 +151,9 @@ def image_bytes(src:bytes|bytearray|memoryview|str|os.PathLike # raw bytes, a pa
             raise InvalidImage("invalid_base64", f"data URL header {head[:60]!r} is not ';base64'; only base64 data URLs are allowed")
         return _b64decode(payload, "data URL payload")
     if len(s) < 4096:
-        try: is_file = Path(s).expanduser().is_file()
-        except OSError: is_file = False
-        if is_file: return _read_path(Path(s).expanduser())
-        if not s.startswith(_B64_HEADS) and ("." in s or "\\" in s or s.startswith(("/", "~"))):
-            return _read_path(Path(s).expanduser())
+        p = _as_path(s)
+        if os.path.lexists(p) or (not s.startswith(_B64_HEADS) and ("." in s or "\\" in s or s.startswith(("/", "~")))):
+            return _read_path(p)
     return _b64decode(s)
 
 # %% ../nbs/01_data.ipynb #7902ed9f
@@ -834,10 +875,13 @@ def synthetic_samples(n:int, # how many samples; labels alternate so they are ba
 class DatasetError(S1CError, ValueError):
     "A data set spec, layout or label that cannot be read; the message says what is allowed."
 
+class DatasetWarning(UserWarning):
+    "Files or rows a loader did not use; the message counts them and says why."
+
 POSITIVE_NAMES = ("roadwork", "1", "yes", "true", "positive", "pos", "road_work")
 NEGATIVE_NAMES = ("no_roadwork", "noroadwork", "not_roadwork", "non_roadwork", "none", "0", "no", "false",
                   "negative", "neg", "background", "normal")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 _LABEL_COLS = ("label", "labels", "roadwork", "is_roadwork", "class", "y", "target")
 _FILE_COLS = ("file", "filename", "file_name", "path", "image_path", "image", "name")
 _IMAGE_COLS = ("image", "img", "image_bytes", "bytes", "jpg", "png")
@@ -862,64 +906,140 @@ def _col(names, wanted, what, where):
         if w in low: return low[w]
     raise DatasetError(f"{where}: no {what} column among {list(names)}; expected one of {wanted}")
 
+def _regular_file(p:Path, what:str):
+    "Refuse `p` unless it is a regular file: a FIFO would block the reader, a device never ends."
+    try: st = os.stat(p)
+    except (OSError, ValueError) as ex:
+        raise DatasetError(f"{what} {str(p)!r} cannot be read: {getattr(ex, 'strerror', None) or ex}") from None
+    if not stat.S_ISREG(st.st_mode): raise DatasetError(f"{what} {str(p)!r} is {_kind(st.st_mode)}, not a regular file")
+
+def _file_bytes(f:Path, where:str="")->bytes:
+    "The bytes of file `f`, or a `RefusedImage` with the reason it cannot be read (and `where` it was named)."
+    try: return _read_path(f)
+    except InvalidImage as ex: return RefusedImage(ex.reason, f"{ex.detail} ({where})" if where else ex.detail)
+
+def _files_under(p:Path, errors:list)->list[Path]:
+    "Every entry under folder `p` that is not a folder walked into (links to folders are listed, not followed); `[p]` for a file."
+    if not p.is_dir(): return [p]
+    out = []
+    for d, dirs, files in os.walk(p, onerror=errors.append):
+        out += [Path(d) / n for n in files] + [Path(d) / n for n in dirs if os.path.islink(os.path.join(d, n))]
+    return sorted(out)
+
+def _count(xs, noun): return f"{len(xs)} {noun}{'' if len(xs) == 1 else 's'}"
+
 def load_folder(path:str|Path, # a folder with class sub-folders or a labels CSV
                 csv_name:str="labels.csv" # the labels file looked for in `path`
                )->list[Sample]:
-    "Labelled samples from a class-per-sub-folder layout or a labels CSV (bytes read, not decoded)."
+    "Every file under the class sub-folders as a labelled sample (bytes read, not decoded); one that cannot be read carries its reason."
     root = Path(path)
     if not root.is_dir(): raise DatasetError(f"{str(root)!r} is not a folder")
     if (root / csv_name).is_file(): return load_labels_csv(root / csv_name)
-    out = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        try: label = parse_label(sub.name)
-        except DatasetError: continue
-        for f in sorted(sub.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
-                out.append(Sample(f"{sub.name}/{f.relative_to(sub).as_posix()}", f.read_bytes(), label, None, str(f)))
+    out, outside, errors = [], [], []
+    for entry in sorted(root.iterdir()):
+        label = None
+        if entry.is_dir():
+            try: label = parse_label(entry.name)
+            except DatasetError: pass
+        if label is None: outside += _files_under(entry, errors); continue
+        for f in _files_under(entry, errors):
+            out.append(Sample(f"{entry.name}/{f.relative_to(entry).as_posix()}", _file_bytes(f), label, None, str(f)))
+    names = lambda fs: ", ".join(str(f.relative_to(root)) for f in fs[:5]) + (", ..." if len(fs) > 5 else "")
     if not out:
-        raise DatasetError(f"{str(root)!r} holds no images ({', '.join(IMAGE_EXTS)}) in class sub-folders named like "
-                           f"{POSITIVE_NAMES[:3]} / {NEGATIVE_NAMES[:3]}, and no {csv_name}")
+        raise DatasetError(f"{str(root)!r} holds no images in class sub-folders named like {POSITIVE_NAMES[:3]} / "
+                           f"{NEGATIVE_NAMES[:3]}, and no {csv_name}" + (f" ({_count(outside, 'file')} elsewhere: {names(outside)})" if outside else ""))
+    if outside:
+        warnings.warn(f"{root}: {_count(outside, 'file')} outside the class sub-folders have no label and were not loaded: "
+                      f"{names(outside)}; move them under roadwork/ or no_roadwork/", DatasetWarning, stacklevel=2)
+    if errors:
+        warnings.warn(f"{root}: {_count(errors, 'folder')} could not be listed, their files were not loaded: "
+                      + "; ".join(f"{e.filename}: {e.strerror}" for e in errors[:5]), DatasetWarning, stacklevel=2)
     return out
 
 def load_labels_csv(path:str|Path # a CSV with a file column and a label column
                    )->list[Sample]:
-    "Labelled samples listed in a CSV; relative file paths are taken from the CSV's folder."
-    path = Path(path); out = []
+    "Labelled samples listed in a CSV; relative file paths are taken from the CSV's folder; an unreadable file carries its reason."
+    path = Path(path); _regular_file(path, "labels CSV"); out = []
     with open(path, newline="") as fh:
         rd = csv.DictReader(fh)
-        if not rd.fieldnames: raise DatasetError(f"{str(path)!r} is empty or has no header row")
-        fc = _col(rd.fieldnames, _FILE_COLS, "file", str(path)); lc = _col(rd.fieldnames, _LABEL_COLS, "label", str(path))
-        for i, row in enumerate(rd, 2):
-            f = Path(row[fc]); f = f if f.is_absolute() else path.parent / f
-            label = parse_label(row[lc], f"{path.name} line {i}")
-            data = f.read_bytes() if f.is_file() else b""  # a missing file becomes an 'empty' skip when decoded
-            out.append(Sample(row[fc], data, label, None, str(f)))
+        try:
+            if not rd.fieldnames: raise DatasetError(f"{str(path)!r} is empty or has no header row")
+            fc = _col(rd.fieldnames, _FILE_COLS, "file", str(path)); lc = _col(rd.fieldnames, _LABEL_COLS, "label", str(path))
+            for i, row in enumerate(rd, 2):
+                where = f"listed in {path.name} line {i}"
+                name = (row.get(fc) or "").strip(); label = parse_label(row.get(lc), f"{path.name} line {i}")
+                f = Path(name) if Path(name).is_absolute() else path.parent / name
+                data = _file_bytes(f, where) if name else RefusedImage("missing_file", f"no file name {where}")
+                out.append(Sample(name or f"{path.name}:{i}", data, label, None, str(f)))
+        except (csv.Error, UnicodeDecodeError) as ex:
+            raise DatasetError(f"{str(path)!r} line {rd.line_num} is not CSV text: {ex}") from None
     return out
 
-def _cell_bytes(v, where, base:Path):
-    if v is None: return b""
-    if isinstance(v, (bytes, bytearray, memoryview)): return bytes(v)
-    if isinstance(v, dict):
-        if v.get("bytes") is not None: return bytes(v["bytes"])
-        if v.get("path"):
-            p = Path(v["path"]); p = p if p.is_absolute() else base / p
-            return p.read_bytes() if p.is_file() else b""
-        return b""
-    if isinstance(v, str): return v.encode()  # base64 text: load_image decodes it
-    raise DatasetError(f"{where}: image cell of type {type(v).__name__}; expected bytes or {{'bytes': ...}}")
+# %% ../nbs/01_data.ipynb #fee9013f
+def _parse_point(v # a `mask_center` cell
+                )->tuple[float, float]|None:
+    "(x, y) from a `mask_center` cell: a pair, a list or array, or a JSON or printed-array string; None or empty gives None."
+    if v is None or (isinstance(v, float) and math.isnan(v)): return None
+    if isinstance(v, str):
+        s = v.strip().strip("[]()").strip()
+        if s.lower() in ("", "none", "null", "nan"): return None
+        items = re.split(r"[\s,]+", s)
+    elif isinstance(v, (str, bytes, bytearray, dict)) or not hasattr(v, "__len__"):
+        raise DatasetError(f"mask_center {v!r} is not an (x, y) pair of numbers")
+    else: items = list(v)
+    if len(items) == 0: return None
+    bad = DatasetError(f"mask_center {v!r} is not an (x, y) pair of finite numbers")
+    if len(items) != 2: raise bad
+    try: pt = (float(items[0]), float(items[1]))
+    except (TypeError, ValueError): raise bad from None
+    if not all(math.isfinite(c) for c in pt): raise bad
+    return pt
 
-def load_parquet(path:str|Path # one .parquet file in the NATIX roadwork schema (image + label)
+# %% ../nbs/01_data.ipynb #add32be4
+def _image_col(names, where):
+    "The validator's rule: the first column whose name contains 'image'; else one of `_IMAGE_COLS`."
+    return next((n for n in names if "image" in n.lower()), None) or _col(names, _IMAGE_COLS, "image", where)
+
+def _cell_bytes(v, where:str, base:Path)->bytes:
+    "The encoded image in one parquet cell: bytes, base64 text, or a struct whose 'bytes' field (else 'path') holds it."
+    if isinstance(v, dict):
+        key = next((k for k in v if "bytes" in str(k).lower() and v[k] is not None), None)
+        if key is None:
+            if v.get("path"): p = Path(v["path"]); return _file_bytes(p if p.is_absolute() else base / p, where)
+            return RefusedImage("empty", f"{where}: the image struct {sorted(map(str, v))} holds no bytes and no path")
+        v = v[key]
+    if v is None: return RefusedImage("empty", f"{where} has no image")
+    if isinstance(v, (bytes, bytearray, memoryview)): return bytes(v)
+    if isinstance(v, str): return v.encode()  # base64 text: load_image decodes it
+    return RefusedImage("unsupported_type", f"{where}: an image cell of type {type(v).__name__}; expected bytes, base64 text or {{'bytes': ...}}")
+
+def load_parquet(path:str|Path # one .parquet file in the NATIX roadwork layout (image, label, scene_description, mask_center, ...)
                 )->list[Sample]:
-    "Labelled samples from a parquet file whose image column holds bytes or {'bytes': ...} structs."
+    "Labelled samples from a parquet file read as a NATIX validator reads it; rows it would not use are skipped and counted."
     import pyarrow.parquet as pq
-    path = Path(path)
+    path = Path(path); _regular_file(path, "parquet file")
     try: t = pq.read_table(path)
     except Exception as ex: raise DatasetError(f"{str(path)!r} is not a readable parquet file: {ex}") from None
-    ic = _col(t.column_names, _IMAGE_COLS, "image", str(path)); lc = _col(t.column_names, _LABEL_COLS, "label", str(path))
-    ids = t.column("id").to_pylist() if "id" in t.column_names else None
-    imgs, labels = t.column(ic).to_pylist(), t.column(lc).to_pylist()
-    return [Sample(str(ids[i]) if ids else f"{path.stem}#{i}", _cell_bytes(v, f"{path.name} row {i}", path.parent),
-                   parse_label(y, f"{path.name} row {i}"), None, f"parquet:{path}#{i}") for i, (v, y) in enumerate(zip(imgs, labels))]
+    names = t.column_names
+    col = lambda name: t.column(name).to_pylist() if name in names else None
+    imgs = col(_image_col(names, str(path))); labels = col(_col(names, _LABEL_COLS, "label", str(path)))
+    ids, desc, centre = col("id"), col("scene_description"), col("mask_center")
+    out, skipped = [], {}
+    for i, (v, y) in enumerate(zip(imgs, labels)):
+        where = f"{path.name} row {i}"; y = parse_label(y, where); point, why = None, None
+        if desc is not None and y != bool(desc[i]):
+            why = "label 1 with an empty scene_description" if y else "label 0 with a scene_description"
+        elif centre is not None:
+            try: point = _parse_point(centre[i])
+            except DatasetError: why = "malformed mask_center"
+        if why: skipped.setdefault(why, []).append(i); continue
+        out.append(Sample(str(ids[i]) if ids else f"{path.stem}#{i}", _cell_bytes(v, where, path.parent), y, None,
+                          f"parquet:{path}#{i}", point=point))
+    if skipped:
+        rows = lambda r: ", ".join(map(str, r[:5])) + (", ..." if len(r) > 5 else "")
+        warnings.warn(f"{path.name}: skipped {sum(map(len, skipped.values()))} of {len(imgs)} rows, as a NATIX validator would: "
+                      + "; ".join(f"{len(r)} {why} (rows {rows(r)})" for why, r in skipped.items()), DatasetWarning, stacklevel=2)
+    return out
 
 # %% ../nbs/01_data.ipynb #958abc04
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
