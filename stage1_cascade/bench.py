@@ -8,24 +8,27 @@ Docs: https://example.invalid/stage1_cascade/end_to_end.html.md"""
 
 # %% ../nbs/07_end_to_end.ipynb #170ad244
 from __future__ import annotations
-import json, math, time
-from dataclasses import dataclass, field
+import json, math, re, time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from .core import (S1CError, Settings, assets_dir, atomic_write_json, get_logger, get_settings,
-                                 new_run_dir, record_figures)
+from .core import (S1CError, Settings, assets_dir, atomic_write_json, atomic_write_text, get_logger,
+                                 get_settings, new_run_dir, record_figures)
 from .data import InvalidImage, Sample, load_image, load_samples
 from .cascade import (TIER_ORDER, VLM_TIERS, Cascade, CascadeConfig, accuracy, calibrate_thresholds, ece,
-                                    mcc, natix_reward, reliability_curve, round_predictions, search_thresholds)
+                                    ema_score, mcc, natix_reward, natix_round_rewards, reliability_curve,
+                                    round_predictions, search_thresholds)
 
 # %% auto #0
-__all__ = ['DEMO_SEED', 'BenchError', 'default_config_path', 'CascadeStack', 'open_stack', 'score_table', 'load_eval_samples',
-           'valid_images', 'calibrate_cascade', 'metrics_from_predictions', 'evaluate', 'bench_throughput', 'run_eval',
-           'demo', 'summary_rows']
+__all__ = ['DEMO_SEED', 'GPU_PEAKS', 'BenchError', 'default_config_path', 'CascadeStack', 'open_stack', 'score_table',
+           'load_eval_samples', 'valid_images', 'calibrate_cascade', 'synthetic_seed', 'checkpoint_seeds',
+           'synthetic_seed_check', 'read_predictions', 'metrics_from_predictions', 'GPUCostAssumptions',
+           'vlm_call_cost', 'count_stage1', 'stage1_cost', 'gpu_cost_estimate', 'gpu_cost_table', 'evaluate',
+           'bench_throughput', 'run_eval', 'demo', 'summary_rows']
 
 # %% ../nbs/07_end_to_end.ipynb #7bbf022f
 class BenchError(S1CError):
@@ -43,6 +46,7 @@ class CascadeStack:
     config: CascadeConfig
     servers: object = None  # engines.ServerManager when the tiers are stand-ins started here
     standin: bool = False  # True when the VLM tiers are stand-ins (CPU classifiers behind a vLLM-shaped API)
+    cost_cache: dict = field(default_factory=dict, repr=False)  # Stage-1 FLOP count, measured once per stack
 
     def cascade(self) -> Cascade:
         "The router over this stack's models."
@@ -155,39 +159,121 @@ def calibrate_cascade(
     if out is not None: cfg.save(out)
     return cfg
 
+# %% ../nbs/07_end_to_end.ipynb #41735a30
+DEMO_SEED = 7001  # the demo's hold-out synthetic seed; `synthetic_seed_check` tests it against the manifests
+_SYNTHETIC = re.compile(r"synthetic:(\d+)(?::(\d+))?")
+
+def synthetic_seed(data) -> int | None:
+    "The seed `load_samples` draws 'synthetic:N[:SEED]' with (0 when omitted); None for any other data."
+    m = _SYNTHETIC.fullmatch(str(data).strip()) if isinstance(data, (str, Path)) else None
+    return None if m is None else int(m[2] or 0)
+
+def checkpoint_seeds(config_meta: dict | None = None) -> dict[int, list[str]]:
+    "{seed: [what used it]} from the shipped manifests' `seeds` and the routing's `calibrated_on`."
+    out: dict[int, list[str]] = {}
+    for what in ("stage1", "standin"):
+        path = assets_dir()/what/"manifest.json"
+        if not path.exists(): get_logger("bench").debug("no %s manifest at %s", what, path); continue
+        for role, s in (json.loads(path.read_text()).get("seeds") or {}).items(): out.setdefault(int(s), []).append(f"{what} {role}")
+    if config_meta is None and default_config_path().exists(): config_meta = CascadeConfig.load(default_config_path()).meta
+    cal = (config_meta or {}).get("calibrated_on")
+    if synthetic_seed(cal) is not None: out.setdefault(synthetic_seed(cal), []).append(f"routing calibration ({cal})")
+    return out
+
+def synthetic_seed_check(data, config_meta: dict | None = None) -> dict | None:
+    "Whether a 'synthetic:N:SEED' evaluation set overlaps the shipped checkpoints' data; None for other data."
+    seed = synthetic_seed(data)
+    if seed is None: return None
+    used = checkpoint_seeds(config_meta).get(seed, [])
+    fitted = [u for u in used if not u.endswith(" test")]
+    d = {"data": str(data), "synthetic_seed": seed, "used_by_checkpoints": used, "fitted_on": bool(fitted), "warning": None}
+    if fitted:
+        d["warning"] = (f"{data}: seed {seed} is the seed of {', '.join(fitted)}; these images (or their first N) were used to "
+                        "fit the shipped checkpoints or routing, so the figures are in-sample. Use another seed (e.g. "
+                        f"synthetic:N:{DEMO_SEED}).")
+        get_logger("bench").warning(d["warning"])
+    return d
+
+# %% ../nbs/07_end_to_end.ipynb #218bdbe6
+def read_predictions(
+    path: str | Path,  # a predictions.jsonl written by `evaluate`
+    repair: bool = False,  # drop a torn last line from the file (atomically) instead of refusing it
+) -> list[dict]:
+    "The rows of a predictions.jsonl; a torn last line (a killed run) is refused, or with `repair` removed."
+    path = Path(path)
+    text = path.read_text()
+    lines = text.splitlines()
+    rows, bad = [], []
+    for i, line in enumerate(lines):
+        if not line.strip(): continue
+        try: r = json.loads(line)
+        except json.JSONDecodeError: r = None
+        if isinstance(r, dict) and "id" in r and "label" in r: rows.append(r)
+        else: bad.append(i)
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=None)
+    if bad and bad != [last]:
+        raise BenchError(f"{path}: line {bad[0] + 1} of {len(lines)} is not a prediction row ({lines[bad[0]][:60]!r}); a killed "
+                         "run can only tear the last line, so the file was edited or corrupted: delete that line, or run "
+                         "again without --resume")
+    if bad and not repair:
+        raise BenchError(f"{path}: the last line is cut short ({lines[last][:60]!r}), as a killed run leaves it; "
+                         "finish the run with `stage1-cascade eval --resume` (it redoes that image)")
+    if bad or (text and not text.endswith("\n") and repair):
+        atomic_write_text(path, "".join(line + "\n" for i, line in enumerate(lines) if line.strip() and i not in bad))
+        if bad: get_logger("bench").warning("%s: dropped a torn last line (%d chars); that image is evaluated again", path, len(lines[last]))
+    return rows
+
 # %% ../nbs/07_end_to_end.ipynb #5e97d332
 def _pct(a, q) -> float | None:
     a = np.asarray([x for x in a if x is not None and np.isfinite(x)], float)
     return float(np.percentile(a, q)) if len(a) else None
 
-def _block(y, p, lat_ms, vlm_calls=None) -> dict:
-    "Metrics of one predictor over the images it answered."
+def _answers(p) -> np.ndarray:
+    "What the validator receives from a predictor: its p, or -1 (no answer) where it has none."
+    p = np.asarray(p, float)
+    return np.where(np.isfinite(p), p, -1.0)
+
+def _block(y, p, lat_ms, vlm_calls=None, rewards=None) -> dict:
+    "Metrics of one predictor over every decided image; a missing p (NaN) is a wrong answer / a -1 round."
     y, p = np.asarray(y, int), np.asarray(p, float)
     ok = np.isfinite(p)
-    y, p = y[ok], p[ok]
-    lat = np.asarray(lat_ms, float)[ok] if lat_ms is not None else np.array([])
-    d = {"n_images": int(ok.sum()), "n_missing": int((~ok).sum())}
+    d = {"n_images": len(y), "n_answered": int(ok.sum()), "n_missing": int((~ok).sum())}
     if len(y):
-        yhat = round_predictions(p)
-        d.update(mcc=mcc(y, yhat), accuracy=accuracy(y, yhat), natix_reward=natix_reward(y, p), ece=ece(y, p))
-    if len(lat):
+        yhat = np.where(ok, round_predictions(np.where(ok, p, 0.0)), 1 - y)
+        d.update(mcc=mcc(y, yhat), accuracy=accuracy(y, yhat), natix_reward=natix_reward(y, p, invalid="wrong"))
+        if ok.any(): d["ece"] = ece(y[ok], p[ok])
+        r = natix_round_rewards(y, _answers(p)) if rewards is None else np.asarray(rewards, float)
+        d["per_round"] = {"n_rounds": len(r), "n_no_answer": int((~ok).sum()), "mean_reward": float(r.mean()),
+                          "ema_score": float(ema_score(r)[-1]), "ema_alpha": 0.05, "final_round_reward": float(r[-1])}
+    lat = np.asarray(lat_ms, float)[ok] if lat_ms is not None else np.array([])
+    if len(lat) and np.isfinite(lat).any():
         d.update(latency_ms={"p50": _pct(lat, 50), "p95": _pct(lat, 95), "p99": _pct(lat, 99)},
-                 images_per_s=float(1e3 / lat.mean()) if lat.mean() > 0 else None)
+                 images_per_s=float(1e3 / np.nanmean(lat)) if np.nanmean(lat) > 0 else None)
     if vlm_calls is not None: d["vlm_calls_per_image"] = float(vlm_calls)
     return d
 
-def metrics_from_predictions(path: str | Path, tiers: Sequence[str] | None = None) -> dict:
-    "All of metrics.json's figures, recomputed from a `predictions.jsonl`."
-    rows = [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+def _metrics_and_rounds(rows: list[dict], tiers: Sequence[str] | None = None, path: str = "predictions") -> tuple[dict, dict]:
+    "(metrics.json's figures, rounds.json's per-round streams) from the rows of a predictions.jsonl."
     done = [r for r in rows if "error" not in r]
     skipped = [{"id": r["id"], "error": r["error"]} for r in rows if "error" in r]
     if not done: raise BenchError(f"{path}: no image was decided ({len(skipped)} skipped)")
-    y = [r["label"] for r in done]
+    y = np.array([r["label"] for r in done])
     tiers = list(tiers or [t for t in TIER_ORDER if any(t in r["probs"] or t in r["model_ms"] for r in done)])
     calls = {t: sum(t in r["model_ms"] for r in done) for t in tiers}
-    vlm = sum(calls[t] for t in tiers if t in VLM_TIERS) / len(done)
-    lat = [r["latency_ms"] for r in done]
-    m = {"cascade": _block(y, [r["prediction"] for r in done], lat, vlm)}
+    nan = float("nan")
+    preds = {"cascade": ([r["prediction"] for r in done], [r["latency_ms"] for r in done],
+                         sum(calls[t] for t in tiers if t in VLM_TIERS) / len(done)),
+             "stage1_only": ([nan if r.get("stage1_only") is None else r["stage1_only"] for r in done],
+                             [r["model_ms"].get("stage1", nan) for r in done], 0.0)}
+    if any(r.get("top_tier") for r in done):
+        preds["top_tier_only"] = ([nan if r.get("top_tier_only") is None else r["top_tier_only"] for r in done],
+                                  [r.get("top_tier_ms", nan) for r in done], 1.0)
+    m, rounds = {}, {"about": "validator rounds in the order the images were asked: answer (-1 = none), reward, EMA score",
+                     "ids": [r["id"] for r in done], "labels": y.tolist(), "predictors": {}}
+    for name, (p, lat, vlm) in preds.items():
+        ans = _answers(p); rew = natix_round_rewards(y, ans)
+        m[name] = _block(y, p, lat, vlm, rewards=rew)
+        rounds["predictors"][name] = {"answers": ans.tolist(), "rewards": rew.tolist(), "ema_score": ema_score(rew).tolist()}
     m["cascade"].update(
         calls={t: calls[t] for t in tiers},
         exit_rate={t: sum(r["tier"] == t for r in done) / len(done) for t in tiers + ["fallback"]},
@@ -196,17 +282,15 @@ def metrics_from_predictions(path: str | Path, tiers: Sequence[str] | None = Non
         n_tier_errors=sum(bool(r["errors"]) for r in done),
         n_answered_by_earlier_tier_after_error=sum(bool(r["errors"]) and r["tier"] != r.get("last_tier_tried") for r in done),
         n_deadline_hit=sum(r["deadline_hit"] for r in done))
-    nan = float("nan")
-    m["stage1_only"] = _block(y, [r.get("stage1_only", nan) if r.get("stage1_only") is not None else nan for r in done],
-                              [r["model_ms"].get("stage1", nan) for r in done], 0.0)
-    top = [r.get("top_tier_only") for r in done]
-    if any(r.get("top_tier") for r in done):
-        m["top_tier_only"] = _block(y, [nan if v is None else v for v in top],
-                                    [r.get("top_tier_ms", nan) for r in done], 1.0)
-        m["top_tier_only"]["tier"] = next(r["top_tier"] for r in done if r.get("top_tier"))
+    if "top_tier_only" in m: m["top_tier_only"]["tier"] = next(r["top_tier"] for r in done if r.get("top_tier"))
     m.update(n_images=len(rows), n_decided=len(done), n_skipped=len(skipped), skipped=skipped)
     for k in ("mcc", "accuracy", "natix_reward", "ece"): m[k] = m["cascade"].get(k)
-    return m
+    m["ema_score"] = m["cascade"]["per_round"]["ema_score"]
+    return m, rounds
+
+def metrics_from_predictions(path: str | Path, tiers: Sequence[str] | None = None) -> dict:
+    "All of metrics.json's figures that come from the images, recomputed from a `predictions.jsonl`."
+    return _metrics_and_rounds(read_predictions(path), tiers, str(path))[0]
 
 # %% ../nbs/07_end_to_end.ipynb #09f4ea3f
 def _plots(out: Path, m: dict, rows: list, frontier: list | None, cfg: CascadeConfig) -> list[Path]:
@@ -250,26 +334,168 @@ def _plots(out: Path, m: dict, rows: list, frontier: list | None, cfg: CascadeCo
     path = out/"plots.png"; fig.savefig(path, dpi=90); plt.close(fig)
     return [path]
 
+# %% ../nbs/07_end_to_end.ipynb #6436c2d1
+GPU_PEAKS = {  # NVIDIA datasheets, SXM boards, dense tensor throughput (no sparsity); keys as the planner's GPU names
+    "H100-80GB": {"bf16_tflops": 989.4, "fp8_tflops": 1978.9, "hbm_tb_s": 3.35},
+    "H200-141GB": {"bf16_tflops": 989.4, "fp8_tflops": 1978.9, "hbm_tb_s": 4.8},
+}
+
+@dataclass
+class GPUCostAssumptions:
+    "The inputs of the GPU cost estimate that are assumptions, not facts; the estimate follows them."
+    gpu: str = "H100-80GB"  # a GPU_PEAKS key: the GPU the deployment rents
+    flops_fraction: float = 0.4  # achieved share of peak tensor FLOP/s
+    bandwidth_fraction: float = 0.7  # achieved share of peak HBM bandwidth when reading the weights
+    tokens_per_word: float = 1.3  # text tokens per word of the question (English, BPE tokenizers)
+    template_tokens: int = 20  # chat-template tokens around the question (role and image markers)
+    patches_per_image_token: int = 4  # vision-encoder patches per LLM image token (the 2x2 merge of Qwen-VL and InternVL)
+    weights: str = "auto"  # weight precision policy, as the planner's `choose_precision`
+
+    def __post_init__(self):
+        if self.gpu not in GPU_PEAKS: raise BenchError(f"gpu={self.gpu!r} has no datasheet figures; known: {sorted(GPU_PEAKS)}")
+        for k in ("flops_fraction", "bandwidth_fraction"):
+            v = getattr(self, k)
+            if not (isinstance(v, (int, float)) and 0 < v <= 1): raise BenchError(f"{k}={v!r}: must be a fraction in (0, 1]")
+        for k in ("tokens_per_word", "template_tokens", "patches_per_image_token"):
+            if not getattr(self, k) >= 0: raise BenchError(f"{k}={getattr(self, k)!r}: must be >= 0")
+
+    def question_tokens(self) -> int:
+        "Text tokens of one request: the question's words times `tokens_per_word`, plus the template."
+        from stage1_cascade.engines import ROADWORK_PROMPT
+        return math.ceil(len(ROADWORK_PROMPT.split()) * self.tokens_per_word) + self.template_tokens
+
+def _ms(flops: float, tflops: float, a: GPUCostAssumptions) -> float: return flops / (tflops * 1e12 * a.flops_fraction) * 1e3
+def _read_ms(nbytes: float, a: GPUCostAssumptions) -> float: return nbytes / (GPU_PEAKS[a.gpu]["hbm_tb_s"] * 1e12 * a.bandwidth_fraction) * 1e3
+
+def vlm_call_cost(
+    m,  # a compression.plan.ModelSpec (a VLM's facts)
+    a: GPUCostAssumptions | None = None,
+) -> dict:
+    "ESTIMATED GPU time of one VLM call (one 224 px image, the question, one answer token) from the model's facts."
+    from stage1_cascade.compression.plan import choose_precision, weight_bytes
+    a = a or GPUCostAssumptions(); g = GPU_PEAKS[a.gpu]
+    if not m.is_vlm or not m.image_tokens_224: raise BenchError(f"{m.id}: not a VLM with image_tokens_224 in the model facts")
+    prec, _ = choose_precision(m, a.weights)
+    tokens = m.image_tokens_224 + a.question_tokens()
+    emb = (m.vocab_size or 0) * (m.hidden_size or 0)
+    body = (m.active_params_b or m.params_b) * 1e9 - m.vision_params_b * 1e9 - emb * (1 if m.tied_embeddings else 2)
+    if body <= 0: raise BenchError(f"{m.id}: active parameters leave no decoder after vision and embeddings")
+    llm_flops = 2 * body * tokens + 2 * emb          # every prompt token through the decoder; logits at the last position
+    vision_flops = 2 * m.vision_params_b * 1e9 * m.image_tokens_224 * a.patches_per_image_token
+    wb = weight_bytes(m, prec)["total"]
+    compute = _ms(llm_flops, g["fp8_tflops"] if prec == "fp8" else g["bf16_tflops"], a) + _ms(vision_flops, g["bf16_tflops"], a)
+    memory = _read_ms(wb, a)
+    return {"model": m.id, "precision": prec, "prompt_tokens": tokens, "llm_flops": llm_flops, "vision_flops": vision_flops,
+            "weight_bytes": wb, "compute_ms": compute, "memory_ms": memory, "ms": compute + memory}
+
+# %% ../nbs/07_end_to_end.ipynb #4eb35aa7
+def _n_params(stage1) -> int:
+    "Parameters of the torch modules inside a Stage-1 model's members (each tensor counted once)."
+    import torch
+    seen = {}
+    for d in stage1.detectors:
+        for v in vars(d).values():
+            for mod in (v, getattr(v, "net", None), getattr(v, "model", None)):
+                if isinstance(mod, torch.nn.Module):
+                    for p in mod.parameters(): seen[id(p)] = p.numel()
+    return sum(seen.values())
+
+def count_stage1(stage1, img) -> dict:
+    "FLOPs of one Stage-1 call on `img` (matmuls and convolutions, counted by torch) and its parameter count."
+    from torch.utils.flop_counter import FlopCounterMode
+    stage1.predict(img)  # warm-up: lazy set-up and layer fusing happen on the first call
+    with FlopCounterMode(display=False) as fc: stage1.predict(img)
+    return {"flops": int(fc.get_total_flops()), "params": _n_params(stage1), "members": list(stage1.names)}
+
+def stage1_cost(counts: dict, a: GPUCostAssumptions | None = None) -> dict:
+    "ESTIMATED GPU time of one Stage-1 call from its counted FLOPs and fp16 weights (a floor: launches not counted)."
+    from stage1_cascade.compression.plan import quantized_bytes
+    a = a or GPUCostAssumptions()
+    wb = quantized_bytes(counts["params"], "fp16")
+    compute, memory = _ms(counts["flops"], GPU_PEAKS[a.gpu]["bf16_tflops"], a), _read_ms(wb, a)
+    return {"model": "shipped Stage-1 (" + " + ".join(counts["members"]) + ")", "precision": "fp16", "flops": counts["flops"],
+            "params": counts["params"], "weight_bytes": wb, "compute_ms": compute, "memory_ms": memory, "ms": compute + memory}
+
+def gpu_cost_estimate(
+    stage1_counts: dict,  # `count_stage1`'s output
+    rates: dict,  # {predictor: {tier: calls per image}}
+    cpu_ms: dict | None = None,  # {tier: measured CPU p50 ms per call}, shown beside the estimate
+    a: GPUCostAssumptions | None = None,
+    table: dict | None = None,  # model facts (default: the shipped models.yaml)
+) -> dict:
+    "ESTIMATED GPU ms per call of each tier and per image of each predictor (VLM tiers: range over the tier's default models)."
+    from stage1_cascade.compression.plan import load_models
+    a = a or GPUCostAssumptions(); table = table or load_models()
+    s1 = stage1_cost(stage1_counts, a)
+    tiers = {"stage1": {"low_ms": s1["ms"], "high_ms": s1["ms"], "low_model": s1["model"], "high_model": s1["model"], "detail": s1}}
+    for t in sorted({t for r in rates.values() for t in r if t in VLM_TIERS}, key=TIER_ORDER.index):
+        est = {m.id: vlm_call_cost(m, a) for m in table.values() if m.tier == t and m.default26}
+        if not est: raise BenchError(f"the model facts have no default model for tier {t!r}")
+        lo, hi = min(est, key=lambda k: est[k]["ms"]), max(est, key=lambda k: est[k]["ms"])
+        tiers[t] = {"low_ms": est[lo]["ms"], "high_ms": est[hi]["ms"], "low_model": lo, "high_model": hi,
+                    "models_ms": {k: v["ms"] for k, v in est.items()}, "detail": est}
+    for t, v in (cpu_ms or {}).items():
+        if t in tiers: tiers[t]["cpu_p50_ms_measured"] = v
+    per_image = {name: {"low_ms": sum(n * tiers[t]["low_ms"] for t, n in r.items()),
+                        "high_ms": sum(n * tiers[t]["high_ms"] for t, n in r.items()), "calls_per_image": dict(r)}
+                 for name, r in rates.items()}
+    return {"what": "ESTIMATED GPU time from model facts and the assumptions below, not measured; CPU stand-in "
+                    "latencies say nothing about GPU cost",
+            "gpu": a.gpu, "gpu_peaks": {**GPU_PEAKS[a.gpu], "source": "NVIDIA datasheet, SXM, dense"},
+            "assumptions": asdict(a), "question_tokens": a.question_tokens(),
+            "left_out": "kernel launches, scheduling, HTTP, pre/post-processing, attention-score FLOPs, KV reads; "
+                        "compute and weight reads added, not overlapped",
+            "tiers": tiers, "per_image_ms": per_image}
+
+def gpu_cost_table(m: dict) -> str:
+    "A small text table of metrics.json's GPU cost estimate (measured CPU latency beside it), and the caveat."
+    g = m.get("gpu_cost_estimate")
+    if not g: return "no GPU cost estimate in these metrics"
+    rates = g["per_image_ms"].get("cascade", {}).get("calls_per_image", {})
+    rng = lambda d: f"{d['low_ms']:.3g}" if math.isclose(d["low_ms"], d["high_ms"]) else f"{d['low_ms']:.3g}-{d['high_ms']:.3g}"
+    lines = [f"ESTIMATED GPU ms per call on {g['gpu']} (from model facts; flops x{g['assumptions']['flops_fraction']}, "
+             f"bandwidth x{g['assumptions']['bandwidth_fraction']} of peak) beside the measured CPU p50:",
+             f"  {'tier':<10}{'calls/image':>12}{'CPU p50 ms':>12}{'est. GPU ms':>16}  models"]
+    for t, d in g["tiers"].items():
+        cpu = d.get("cpu_p50_ms_measured")
+        who = d["low_model"] if d["low_model"] == d["high_model"] else f"{d['low_model']} .. {d['high_model']}"
+        lines.append(f"  {t:<10}{rates.get(t, 0.0):>12.2f}{'-' if cpu is None else f'{cpu:.1f}':>12}{rng(d) + ('*' if t == 'stage1' else ''):>16}  {who}")
+    lines.append("  est. GPU ms per image: " + "; ".join(f"{k} {rng(v)}" for k, v in g["per_image_ms"].items()))
+    lines.append("  * Stage 1: counted FLOPs and weight reads only; a model this small is bound by kernel launches on a GPU, so this is a floor.")
+    lines.append("  CPU stand-in latencies say nothing about GPU cost: the stand-in VLM tiers are small CNNs, the real ones are VLMs.")
+    return "\n".join(lines)
+
 # %% ../nbs/07_end_to_end.ipynb #54843e57
+def _cost_block(stack: CascadeStack, img, rows: list, m: dict, a: GPUCostAssumptions | None) -> dict:
+    "metrics.json's GPU cost estimate: call rates from this run, measured CPU p50 per tier, Stage-1 FLOPs counted once per stack."
+    if "stage1" not in stack.cost_cache: stack.cost_cache["stage1"] = count_stage1(stack.stage1, img)
+    done = [r for r in rows if "error" not in r]
+    rates = {"cascade": {t: n / len(done) for t, n in m["cascade"]["calls"].items()}, "stage1_only": {"stage1": 1.0}}
+    if "top_tier_only" in m: rates["top_tier_only"] = {m["top_tier_only"]["tier"]: 1.0}
+    cpu = {t: _pct([r["model_ms"].get(t) for r in done] + ([r.get("top_tier_ms") for r in done] if t == stack.top_tier else []), 50)
+           for t in {t for r in rates.values() for t in r}}
+    return gpu_cost_estimate(stack.cost_cache["stage1"], rates, cpu, a)
+
 def evaluate(
     samples: Sequence[Sample],  # labelled images
     stack: CascadeStack,  # what runs (`open_stack`)
     out: str | Path,  # the run folder
     frontier: bool = True,  # ask every tier about every image (reward-vs-calls curve; top-tier baseline from it)
-    resume: bool = False,  # keep the images already in out/predictions.jsonl
+    resume: bool = False,  # keep the images already in out/predictions.jsonl (a torn last line is redone)
     progress: bool = True,
     on_image: Callable[[int], None] | None = None,  # called before image i (tests use it to inject faults mid-run)
+    gpu_cost: GPUCostAssumptions | None = None,  # assumptions of the GPU cost estimate (default: `GPUCostAssumptions()`)
+    notes: dict | None = None,  # extra fields for metrics.json (run_eval's data check)
 ) -> dict:
-    "Route every image through the cascade, write predictions.jsonl, metrics.json and plots.png to `out`."
+    "Route every image through the cascade; write predictions.jsonl, rounds.json, metrics.json and plots.png to `out`."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     pred_path = out/"predictions.jsonl"
     done_ids = set()
-    if resume and pred_path.exists():
-        done_ids = {json.loads(l)["id"] for l in pred_path.read_text().splitlines() if l.strip()}
+    if resume and pred_path.exists(): done_ids = {r["id"] for r in read_predictions(pred_path, repair=True)}
     elif pred_path.exists(): pred_path.unlink()
     cascade, top = stack.cascade(), stack.top_tier
     all_tiers = ["stage1"] + [t for t in TIER_ORDER if t in stack.clients]
-    t_start = time.perf_counter()
+    t_start, first_ok = time.perf_counter(), None
     with open(pred_path, "a") as f:
         for i, s in enumerate(tqdm(samples, desc="evaluating", disable=None if progress else True)):
             if s.id in done_ids: continue
@@ -295,8 +521,9 @@ def evaluate(
                 if top is not None: row.update(top_tier=top, top_tier_only=row["all_tiers"].get(top))
             f.write(json.dumps(row) + "\n"); f.flush()
     wall = time.perf_counter() - t_start
-    m = metrics_from_predictions(pred_path, tiers=list(cascade.config.tiers))
-    rows = [json.loads(l) for l in pred_path.read_text().splitlines() if l.strip()]
+    rows = read_predictions(pred_path)
+    m, rounds = _metrics_and_rounds(rows, tiers=list(cascade.config.tiers), path=str(pred_path))
+    atomic_write_json(out/"rounds.json", rounds)
     fr = None
     if frontier:
         full = [r for r in rows if "all_tiers" in r and all(r["all_tiers"].get(t) is not None for t in all_tiers)]
@@ -306,9 +533,19 @@ def evaluate(
             atomic_write_json(out/"frontier.json", fr)
     m.update(wall_s=wall, standin_tiers=stack.standin, config=cascade.config.to_dict(),
              frontier_points=len(fr) if fr else 0)
+    decided = {r["id"] for r in rows if "error" not in r}
+    img = next((s.image for s in samples if s.id in decided), None)
+    m["gpu_cost_estimate"] = _cost_block(stack, img, rows, m, gpu_cost) if img is not None else None
+    m.update(notes or {})
     if "top_tier_only" in m and m["top_tier_only"].get("natix_reward") and m["cascade"].get("natix_reward") is not None:
         m["ratios"] = {"reward_cascade_over_top_tier": m["cascade"]["natix_reward"] / m["top_tier_only"]["natix_reward"],
                        "vlm_calls_cascade_over_top_tier": m["cascade"]["vlm_calls_per_image"] / 1.0}
+        if m["top_tier_only"]["per_round"]["ema_score"] > 0:
+            m["ratios"]["ema_cascade_over_top_tier"] = m["cascade"]["per_round"]["ema_score"] / m["top_tier_only"]["per_round"]["ema_score"]
+        g = m["gpu_cost_estimate"]
+        if g and "top_tier_only" in g["per_image_ms"]:
+            c, t = g["per_image_ms"]["cascade"], g["per_image_ms"]["top_tier_only"]
+            m["ratios"]["est_gpu_ms_cascade_over_top_tier"] = {"low": c["low_ms"] / t["low_ms"], "high": c["high_ms"] / t["high_ms"]}
     atomic_write_json(out/"metrics.json", m)
     _plots(out, m, rows, fr, cascade.config)
     return m
@@ -325,11 +562,10 @@ def bench_throughput(stack: CascadeStack, images: Sequence, tiers: Sequence[str]
     return out
 
 # %% ../nbs/07_end_to_end.ipynb #ef8aa69e
-DEMO_SEED = 7001  # hold-out synthetic seed: disjoint from training (1-4) and calibration (7002)
-
 def run_eval(data: str | Sequence[Sample], out: str | Path | None = None, config: str | Path | None = None,
              settings: Settings | None = None, frontier: bool = True, resume: bool = False,
-             progress: bool = True, kind: str = "eval", levels: Sequence[int] | None = (0, 1, 2, 3)) -> tuple[Path, dict]:
+             progress: bool = True, kind: str = "eval", levels: Sequence[int] | None = (0, 1, 2, 3),
+             gpu_cost: GPUCostAssumptions | None = None) -> tuple[Path, dict]:
     "Open the stack, evaluate `data` into a run folder (new unless `out` is given), close the stack."
     settings = settings or get_settings()
     samples = load_eval_samples(data, levels, settings.seed) if isinstance(data, (str, Path)) else list(data)
@@ -342,18 +578,24 @@ def run_eval(data: str | Sequence[Sample], out: str | Path | None = None, config
         if not (out/"config.json").exists() or not resume:
             atomic_write_json(out/"config.json", {"kind": kind, "settings": settings.public(), "config": cfg_desc})
     with open_stack(config, settings) as stack:
-        m = evaluate(samples, stack, out, frontier=frontier, resume=resume, progress=progress)
+        chk = synthetic_seed_check(data, stack.config.meta) if isinstance(data, (str, Path)) else None
+        m = evaluate(samples, stack, out, frontier=frontier, resume=resume, progress=progress, gpu_cost=gpu_cost,
+                     notes={"data_check": chk})
     return out, m
 
-def demo(n: int = 200, out: str | Path | None = None, settings: Settings | None = None, progress: bool = True) -> tuple[Path, dict]:
-    "The embedded default end to end on `n` synthetic hold-out images."
-    return run_eval(f"synthetic:{n}:{DEMO_SEED}", out, settings=settings, progress=progress, kind="demo")
+def demo(n: int = 200, out: str | Path | None = None, settings: Settings | None = None, progress: bool = True,
+         echo: bool = True) -> tuple[Path, dict]:
+    "The embedded default end to end on `n` synthetic hold-out images; `echo` prints the GPU cost estimate table."
+    out, m = run_eval(f"synthetic:{n}:{DEMO_SEED}", out, settings=settings, progress=progress, kind="demo")
+    if echo: print(gpu_cost_table(m))
+    return out, m
 
 def summary_rows(m: dict) -> list[tuple]:
-    "(predictor, reward, MCC, accuracy, VLM calls/image, p50 ms) rows for a table."
+    "(predictor, reward, MCC, accuracy, VLM calls/image, p50 ms, EMA score) rows for a table."
     rows = []
     for k in ("cascade", "stage1_only", "top_tier_only"):
         if k not in m: continue
         b = m[k]; lat = b.get("latency_ms", {}).get("p50")
-        rows.append((k, b.get("natix_reward"), b.get("mcc"), b.get("accuracy"), b.get("vlm_calls_per_image"), lat))
+        rows.append((k, b.get("natix_reward"), b.get("mcc"), b.get("accuracy"), b.get("vlm_calls_per_image"), lat,
+                     b.get("per_round", {}).get("ema_score")))
     return rows

@@ -21,9 +21,9 @@ from .core import S1CError, atomic_write_text, get_logger
 
 # %% auto #0
 __all__ = ['TIER_ORDER', 'VLM_TIERS', 'MetricsError', 'confusion', 'mcc', 'accuracy', 'round_predictions', 'invalid_predictions',
-           'natix_reward', 'natix_round_rewards', 'reliability_curve', 'ece', 'CascadeError', 'Tier', 'as_tier',
-           'CascadeConfig', 'Decision', 'Cascade', 'Simulation', 'simulate', 'CalibrationError', 'ThresholdSearch',
-           'search_thresholds', 'calibrate_thresholds', 'simulated_tier_probs']
+           'natix_reward', 'natix_round_rewards', 'ema_score', 'reliability_curve', 'ece', 'CascadeError', 'Tier',
+           'as_tier', 'CascadeConfig', 'Decision', 'Cascade', 'Simulation', 'simulate', 'CalibrationError',
+           'ThresholdSearch', 'search_thresholds', 'calibrate_thresholds', 'simulated_tier_probs']
 
 # %% ../nbs/10_cascade.ipynb #e035d256
 class MetricsError(S1CError, ValueError):
@@ -108,30 +108,51 @@ def natix_reward(
     return float((0.5 * max(0.0, mcc(y, yhat)) + 0.5 * accuracy(y, yhat)) ** 3)
 
 # %% ../nbs/10_cascade.ipynb #2a539fa9
+def _window_metrics(y, p) -> tuple[float, float]:
+    "(accuracy, MCC) of one validator window: -1 dropped; both 0 when the tracker's scikit-learn calls would raise."
+    keep = p != -1
+    y, p = y[keep], p[keep]
+    if len(y) == 0: return 0.0, 0.0
+    if not np.isfinite(p).all(): return 0.0, 0.0            # accuracy_score: "Input y_pred contains NaN"
+    cls = np.round(p)                                         # numpy rounds half to even, as the validator
+    vals = np.union1d(y, cls)
+    if len(vals) > 2 or (len(vals) == 2 and 1 not in vals): return 0.0, 0.0   # precision_score(average='binary') raises
+    acc = float((cls == y).mean())
+    if len(np.unique(y)) < 2: return acc, 0.0                 # one label class: MCC 0 by the tracker's rule
+    return acc, max(0.0, mcc(y, cls.astype(np.int64)))        # here labels and classes are exactly {0, 1}
+
 def natix_round_rewards(
     y, # true labels, 0/1, in the order the answers were given
-    p, # answers in that order (P(roadwork); -1 means no answer)
+    p, # raw answers in that order (P(roadwork); -1 = no answer; NaN and out-of-range values allowed)
     mcc_window:int=100, # the validator's MCC window
     acc_window:int=10, # the validator's accuracy window
-    cube:bool=True # raise the round reward to the third power (the scoring in natix-facts)
+    cube:bool=True # raise the round reward to the third power (REWARD_CURVE_EXPONENT = 3)
 ) -> np.ndarray:
-    "Per-round validator reward over a stream of answers (sliding windows, penalty for bad answers)."
+    "Per-round validator reward over a stream of answers, window poisoning and penalties as the validator's code."
     y = _labels(y); p = np.asarray(p, dtype=np.float64)
     if p.shape != y.shape: raise MetricsError(f"{len(y)} labels but answers of shape {p.shape}")
+    if mcc_window < 1 or acc_window < 1: raise MetricsError(f"windows must be >= 1; got mcc_window={mcc_window}, acc_window={acc_window}")
     out = np.zeros(len(y))
     for t in range(len(y)):
+        if p[t] == -1: continue                               # no answer: 0, but the -1 stays in the history
         lo100, lo10 = max(0, t + 1 - mcc_window), max(0, t + 1 - acc_window)
-        def _win(lo):
-            keep = p[lo:t+1] != -1
-            return y[lo:t+1][keep], np.rint(np.nan_to_num(p[lo:t+1][keep], nan=-1.0))
-        y100, h100 = _win(lo100); y10, h10 = _win(lo10)
-        if p[t] == -1 or invalid_predictions(p[t:t+1])[0] or len(y100) == 0: continue
-        m = 0.0
-        if len(np.unique(y100)) > 1 and len(np.unique(h100)) > 1 and np.isin(h100, (0, 1)).all():
-            m = max(0.0, mcc(y100, h100.astype(np.int64)))
-        a = float((y10 == h10).mean())
-        r = 0.5 * m + 0.5 * a
+        a10 = _window_metrics(y[lo10:t+1], p[lo10:t+1])[0]
+        m100 = _window_metrics(y[lo100:t+1], p[lo100:t+1])[1]
+        r = (0.5 * m100 + 0.5 * a10) * (0.0 if (p[t] < 0 or p[t] > 1) else 1.0)   # penalty; NaN compares false
         out[t] = r ** 3 if cube else r
+    return out
+
+def ema_score(
+    rewards, # per-round rewards, in order
+    alpha:float=0.05, # the validator's moving_average_alpha
+    start:float=0.0 # the score before the first round (0 for a new hotkey)
+) -> np.ndarray:
+    "The score the validator keeps after each round: `score = alpha*reward + (1-alpha)*score`."
+    if not (isinstance(alpha, (int, float)) and 0 < alpha <= 1): raise MetricsError(f"alpha={alpha!r}: must be in (0, 1]")
+    r = np.nan_to_num(np.asarray(rewards, dtype=np.float64), nan=0.0)   # the validator replaces a NaN reward by 0
+    out, s = np.empty(len(r)), float(start)
+    for i, v in enumerate(r):
+        s = alpha * v + (1 - alpha) * s; out[i] = s
     return out
 
 # %% ../nbs/10_cascade.ipynb #6e7d054b

@@ -1,10 +1,11 @@
-"`bench.evaluate` under faults: a VLM server killed mid-run, and an interrupted run resumed."
+"`bench.evaluate` under faults: a VLM server killed mid-run, an interrupted run resumed (a torn last line too)."
 import json
 
+import numpy as np
 import pytest
 
-from stage1_cascade.bench import evaluate, metrics_from_predictions, open_stack
-from stage1_cascade.cascade import CascadeConfig
+from stage1_cascade.bench import BenchError, evaluate, metrics_from_predictions, open_stack
+from stage1_cascade.cascade import CascadeConfig, natix_round_rewards
 from stage1_cascade.data import load_samples
 
 # Route every image through the precision tier, so every image after the kill is affected.
@@ -31,6 +32,15 @@ def test_server_killed_mid_run_falls_back_to_stage1(samples, tmp_path):
     assert m["cascade"]["n_answered_by_earlier_tier_after_error"] == len(after)
     assert m["top_tier_only"]["n_missing"] == len(after)
     assert all(0 <= r["prediction"] <= 1 for r in rows)
+    # the top-tier baseline keeps every image: the dead server's images are wrong answers and -1 rounds
+    top = m["top_tier_only"]
+    assert top["n_images"] == len(samples) and top["n_answered"] == kill_at
+    right = sum(int(r["top_tier_only"] > 0.5) == r["label"] for r in before)
+    assert top["accuracy"] == pytest.approx(right / len(samples))
+    streams = json.loads((tmp_path/"rounds.json").read_text())["predictors"]
+    assert streams["top_tier_only"]["answers"][kill_at:] == [-1.0] * len(after)
+    assert streams["top_tier_only"]["rewards"][kill_at:] == [0.0] * len(after)
+    assert top["per_round"]["mean_reward"] == pytest.approx(np.mean(streams["top_tier_only"]["rewards"]))
 
 
 def test_interrupted_run_resumes(samples, tmp_path):
@@ -46,4 +56,36 @@ def test_interrupted_run_resumes(samples, tmp_path):
     ids = [json.loads(l)["id"] for l in (tmp_path/"predictions.jsonl").read_text().splitlines()]
     assert ids == [s.id for s in samples]                                         # each image once, in order
     assert m == {**metrics_from_predictions(tmp_path/"predictions.jsonl", ["stage1"]), **{k: m[k] for k in m
-                 if k in ("wall_s", "standin_tiers", "config", "frontier_points", "ratios")}}
+                 if k in ("wall_s", "standin_tiers", "config", "frontier_points", "ratios", "gpu_cost_estimate")}}
+
+
+def test_resume_after_a_torn_last_line(samples, tmp_path):
+    "A run killed while writing a line: --resume drops the torn line, redoes that image, and scores every image once."
+    cfg = CascadeConfig(("stage1",))
+    pred = tmp_path/"predictions.jsonl"
+    with open_stack(cfg, tiers=()) as stack:
+        class Stop(Exception): pass
+        def stop_at_7(i):
+            if i == 7: raise Stop
+        with pytest.raises(Stop):
+            evaluate(samples, stack, tmp_path, frontier=False, progress=False, on_image=stop_at_7)
+        lines = pred.read_text().splitlines()
+        pred.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])   # the 7th row cut mid-write
+        with pytest.raises(BenchError, match="eval --resume"):
+            metrics_from_predictions(pred)                                  # not readable as it is
+        m = evaluate(samples, stack, tmp_path, frontier=False, progress=False, resume=True)
+    rows = [json.loads(l) for l in pred.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [s.id for s in samples]                # the torn image redone, each image once
+    assert m["n_decided"] == len(samples)
+    y = [r["label"] for r in rows]
+    assert m["cascade"]["per_round"]["mean_reward"] == pytest.approx(natix_round_rewards(y, [r["prediction"] for r in rows]).mean())
+
+
+def test_resume_refuses_a_torn_line_in_the_middle(samples, tmp_path):
+    pred = tmp_path/"predictions.jsonl"
+    good = json.dumps({"id": samples[0].id, "label": samples[0].label, "prediction": 0.2})
+    pred.write_text(good + "\n" + good[:20] + "\n" + good + "\n")
+    with open_stack(CascadeConfig(("stage1",)), tiers=()) as stack:
+        with pytest.raises(BenchError, match="line 2 of 3"):
+            evaluate(samples, stack, tmp_path, frontier=False, progress=False, resume=True)
+    assert pred.read_text().count("\n") == 3                                # the file is left as it was
