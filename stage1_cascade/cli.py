@@ -13,14 +13,15 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .core import S1CError, get_settings, get_logger
+from .core import S1CError, assets_dir, get_settings, get_logger, new_run_dir, redact
 
 # %% auto #0
-__all__ = ['app', 'console', 'err_console', 'main', 'collect_info', 'info', 'demo', 'eval_', 'predict', 'calibrate', 'train',
-           'plan', 'compress_bench', 'quantize']
+__all__ = ['app', 'console', 'err_console', 'main', 'collect_info', 'info', 'demo', 'eval_', 'predict', 'calibrate',
+           'OutputNotEmpty', 'train_target', 'train', 'plan', 'compress_bench', 'quantize']
 
 # %% ../nbs/12_cli.ipynb #5d163d64
 app = typer.Typer(name="stage1-cascade", no_args_is_help=True, add_completion=False,
@@ -42,7 +43,7 @@ def main():
     "Entry point of the `stage1-cascade` script."
     try: app(standalone_mode=True)
     except S1CError as e:
-        err_console.print(f"[red]error:[/red] {e}")
+        err_console.print(f"[red]error:[/red] {escape(redact(str(e)))}")
         sys.exit(1)
 
 # %% ../nbs/12_cli.ipynb #71a66b52
@@ -165,7 +166,7 @@ def predict(images: list[Path] = typer.Argument(..., help="Image files (JPEG, PN
             d = cascade.decide(data)
             typer.echo(json.dumps({"image": str(path), "prediction": round(d.p, 6), "tier": d.tier,
                                    "probs": {k: round(v, 6) for k, v in d.probs.items()},
-                                   "latency_ms": round(d.latency_ms, 1), "errors": d.errors}))
+                                   "latency_ms": round(d.latency_ms, 1), "errors": {k: redact(v) for k, v in d.errors.items()}}))
     if failed: raise typer.Exit(3)
 
 @app.command()
@@ -181,20 +182,40 @@ def calibrate(data: str = typer.Option("synthetic:400:7002", "--data", help="Cal
                   f"accuracy {c['accuracy']:.3f}, VLM calls/image {c['vlm_calls_per_image']:.2f} (in-sample)")
     console.print(f"wrote {out}")
 
+# %% ../nbs/12_cli.ipynb #4fa8d181
+class OutputNotEmpty(S1CError):
+    "An output folder already holds files and overwriting them was not asked for (`--force`)."
+
+def train_target(out: Path | None = None,  # --out: a folder for the checkpoints
+                 force: bool = False,       # --force: allow the package's assets / a non-empty folder
+                 config: dict | None = None, # recorded in a new run folder's config.json
+                ) -> Path:
+    "Where `train` writes: a new run folder by default, the package's assets only with `force`, `out` if empty or `force`."
+    if out is None: return assets_dir() if force else new_run_dir("train", config)
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise OutputNotEmpty(f"--out {out} is a file: give a folder")
+    if not force and out.exists() and (n := sum(1 for _ in out.iterdir())):
+        raise OutputNotEmpty(f"--out {out} is not empty ({n} entries): give a new or empty folder, "
+                             "or add --force to write into it")
+    return out
+
 @app.command()
-def train(out: Optional[Path] = typer.Option(None, "--out", help="Assets folder (default: the package's own)."),
+def train(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the checkpoints (default: a new run folder under runs/)."),
+          force: bool = typer.Option(False, "--force", help="Without --out: overwrite the package's shipped assets. With --out: write into a non-empty folder."),
           seed: int = typer.Option(0, "--seed"),
           budget: float = typer.Option(0.5, "--budget", help="VLM-call budget of the shipped routing.")):
-    "Rebuild every shipped checkpoint from the scene generator and a seed, then recalibrate the routing."
-    from stage1_cascade.core import assets_dir
+    "Rebuild every shipped checkpoint from the scene generator and a seed (into a new run folder unless --force)."
+    out = train_target(out, force, {"seed": seed, "budget": budget})
+    shipped = out.resolve() == assets_dir()
+    if shipped: console.print(f"[yellow]--force: overwriting the package's shipped assets in {out}[/yellow]")
+    else: console.print(f"writing the checkpoints to {out}" + (" (--force: the folder is not empty)" if force else ""))
     from stage1_cascade.detect import build_checkpoints
     from stage1_cascade.bench import calibrate_cascade
-    out = out or assets_dir()
     man = build_checkpoints(out, seed=seed, log=console.print)
     console.print_json(json.dumps({"held_out": man.get("metrics", {}).get("test", {}), "total_s": man.get("total_s")}, default=str))
-    cfg_path = out/"cascade"/"cascade.yaml"
-    if out == assets_dir(): calibrate_cascade("synthetic:400:7002", budget, cfg_path)
-    else: console.print("[dim]routing not recalibrated: it is calibrated against the package's own checkpoints[/dim]")
+    if shipped: calibrate_cascade("synthetic:400:7002", budget, out/"cascade"/"cascade.yaml")
+    else: console.print("[dim]routing not recalibrated: it is calibrated against the package's own checkpoints "
+                        "(`stage1-cascade train --force` rebuilds those)[/dim]")
     console.print(f"checkpoints in {out}")
 
 # %% ../nbs/12_cli.ipynb #8675e367
@@ -216,11 +237,16 @@ def plan(gpus: str = typer.Option("2xH100-80GB", "--gpus", help="GPU inventory, 
 
 @app.command("compress-bench")
 def compress_bench(out: Path = typer.Option(..., "--out", help="Folder for results.json, results.csv, results.md."),
-                   mode: str = typer.Option("cpu", "--mode", help="cpu (tiny twins) or gpu.")):
-    "Measure every compression technique (bytes, fidelity, where) beside the plan's claimed constant."
-    from stage1_cascade.compression.plan import compress_bench as _cb
-    rows = _cb(out, mode=mode)
-    console.print(f"{len(rows)} rows; table in {out}/results.md")
+                   mode: str = typer.Option("cpu", "--mode", help="cpu (tiny twins) or gpu."),
+                   only: Optional[str] = typer.Option(None, "--only", help="Comma-separated technique groups (default: all; a wrong name lists them).")):
+    "Measure every compression technique (bytes, fidelity, where) beside the plan's claimed constant. Exit 3 if any failed."
+    from stage1_cascade.compression.plan import compress_bench as _cb, failures
+    rows = _cb(out, mode=mode, only=None if only is None else [g.strip() for g in only.split(",") if g.strip()])
+    failed = failures(rows)
+    console.print(f"{len(rows)} rows, {len(failed)} failed; table in {out}/results.md")
+    for f in failed:  # one line each, on stderr; the full error is in results.json
+        typer.echo(f"failed: {f['technique']}: {' '.join(f['error'].split())[:400]}", err=True)
+    if failed: raise typer.Exit(3)
 
 @app.command()
 def quantize(model: Optional[Path] = typer.Option(None, "--model", help="A Hugging Face model folder."),

@@ -11,13 +11,15 @@ import json, logging, os, re, tempfile, uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # %% auto #0
-__all__ = ['S1CError', 'SettingsError', 'Settings', 'get_settings', 'redact', 'setup_logging', 'get_logger', 'atomic_write_bytes',
-           'atomic_write_text', 'atomic_write_json', 'new_run_dir', 'record_figures', 'assets_dir']
+__all__ = ['S1CError', 'SettingsError', 'Settings', 'mask_url', 'get_settings', 'redact', 'setup_logging', 'get_logger',
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'new_run_dir', 'record_figures',
+           'assets_dir']
 
 # %% ../nbs/00_core.ipynb #b511277f
 class S1CError(Exception):
@@ -57,13 +59,32 @@ class Settings(BaseSettings):
     def _upper(cls, v): return v.upper() if isinstance(v, str) else v
 
     def public(self) -> dict:
-        "The settings as JSON-ready values, secrets masked."
+        "The settings as JSON-ready values, secrets masked: tokens whole, URLs' credentials (`mask_url`)."
         d = self.model_dump(mode="json")
-        for k in _SECRET_KEYS:
-            if d.get(k): d[k] = "***"
+        for k, v in d.items():
+            if k in _SECRET_KEYS: d[k] = "***" if v else v
+            elif isinstance(v, str) and (k.endswith("_url") or "://" in v): d[k] = mask_url(v)
         return d
 
+    def __repr_args__(self):
+        "`repr()` shows URLs without their credentials, as `public()` does."
+        for k, v in super().__repr_args__():
+            yield k, mask_url(v) if isinstance(v, str) and k.endswith("_url") else v
+
 _SECRET_KEYS = ("hf_token",)
+
+# %% ../nbs/00_core.ipynb #d5c5489d
+_SECRET_PARAM = re.compile(r"(?i)key|token|secret|passw|auth|sig|cred")
+
+def mask_url(url: str) -> str:
+    "`url` with its credentials masked: the `user:password@` before the host, secret-looking query values."
+    if "://" not in url: return re.sub(r"^[^/@\s]+@", "***@", url)
+    try: u = urlsplit(url)
+    except ValueError: return "***"  # not readable as a URL: show none of it
+    netloc = f"***@{u.netloc.rpartition('@')[2]}" if "@" in u.netloc else u.netloc
+    query = "&".join(f"{k}=***" if sep and _SECRET_PARAM.search(k) else f"{k}{sep}{v}"
+                     for k, sep, v in (part.partition("=") for part in u.query.split("&"))) if u.query else ""
+    return urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
 
 # %% ../nbs/00_core.ipynb #5585cc2b
 def _explain(e: ValidationError) -> str:
@@ -84,10 +105,10 @@ def get_settings(**overrides) -> Settings:
 
 # %% ../nbs/00_core.ipynb #749d8830
 _SECRET_RE = re.compile(r"(hf_[A-Za-z0-9]{6,}|sk-[A-Za-z0-9_\-]{8,}|(?i:bearer)\s+[A-Za-z0-9._\-]{8,}|"
-                        r"(?i:(?:api[_-]?key|token)\s*[=:]\s*)[^\s,;]+)")
+                        r"(?i:(?:api[_-]?key|token)\s*[=:]\s*)[^\s,;&]+|(?<=://)[^/\s@]+(?=@))")
 
 def redact(text: str) -> str:
-    "Mask secrets (tokens, API keys) in `text`."
+    "Mask secrets (tokens, API keys, the credentials of a URL) in `text`."
     return _SECRET_RE.sub("***", str(text))
 
 class _RedactFilter(logging.Filter):

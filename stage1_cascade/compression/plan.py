@@ -6,22 +6,24 @@
 from __future__ import annotations
 import json, math, os, re, shlex, subprocess, shutil, sys, tempfile
 from dataclasses import dataclass, field, asdict, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 import numpy as np
 import yaml
 
 # %% auto #0
 __all__ = ['TIERS', 'ATTENTION_KINDS', 'PRECISIONS', 'KV_DTYPES', 'GPU_MIB', 'TIER_ORDER', 'GiB', 'VLLM_KV_CACHE_DTYPES',
-           'SPECULATIVE_METHODS', 'VLLM_SERVE_SCHEMA', 'POLICIES', 'PLAN_CLAIMS', 'ROW_KEYS', 'PlanError',
-           'UnknownModel', 'UnknownGPU', 'InventoryTooSmall', 'InvalidServeArgs', 'ModelSpec', 'load_models',
-           'quantized_bytes', 'facts_table', 'kv_bytes_per_token', 'kv_bytes_per_seq', 'weight_bytes',
-           'kv_bytes_from_config', 'measured_cache_bytes', 'twin_kv_check', 'tiny_twin_configs', 'measure_image_tokens',
-           'GPU', 'parse_gpus', 'Placement', 'MemoryPlan', 'resolve_models', 'choose_precision', 'place', 'make_plan',
-           'plot_gpu', 'LMCacheSettings', 'StackConfig', 'serve_args', 'lmcache_yaml', 'serve_env',
-           'validate_serve_args', 'vllm_python', 'validate_with_vllm', 'stack_configs', 'serve_script', 'plan',
-           'SimParams', 'make_trace', 'simulate_evicpress', 'plot_evicpress', 'claim_for', 'fp8_kv_twin_row',
-           'compress_bench', 'gpu_size_check']
+           'SPECULATIVE_METHODS', 'VLLM_SERVE_SCHEMA', 'POLICIES', 'PLAN_CLAIMS', 'ROW_KEYS', 'FAILED',
+           'TECHNIQUE_GROUPS', 'PlanError', 'UnknownModel', 'UnknownGPU', 'InventoryTooSmall', 'InvalidServeArgs',
+           'ModelSpec', 'load_models', 'quantized_bytes', 'facts_table', 'kv_bytes_per_token', 'kv_bytes_per_seq',
+           'weight_bytes', 'kv_bytes_from_config', 'measured_cache_bytes', 'twin_kv_check', 'tiny_twin_configs',
+           'measure_image_tokens', 'GPU', 'parse_gpus', 'Placement', 'MemoryPlan', 'resolve_models', 'choose_precision',
+           'place', 'make_plan', 'plot_gpu', 'LMCacheSettings', 'StackConfig', 'serve_args', 'lmcache_yaml',
+           'serve_env', 'validate_serve_args', 'vllm_python', 'validate_with_vllm', 'stack_configs', 'serve_script',
+           'plan', 'SimParams', 'make_trace', 'simulate_evicpress', 'plot_evicpress', 'claim_for', 'fp8_kv_twin_row',
+           'replayed_rows', 'lmcache_row', 'evicpress_row', 'weights_formula_row', 'list_techniques', 'compress_bench',
+           'failures', 'gpu_size_check']
 
 # %% ../../nbs/05_memory_plan.ipynb #e0823d2e
 try:
@@ -1030,53 +1032,117 @@ def fp8_kv_twin_row(n_prompt: int = 48, n_decode: int = 16, seed: int = 0) -> di
                 bytes_ratio=after / before, top1_agreement=top1, kl=kl, prefill_s=dt,
                 plan_claim="(not in the plan)", note="random-weight twin: fidelity checks the mechanics only")
 
-def _lazy_rows(modname: str, fn: str, mode: str) -> tuple[list, str | None]:
-    import importlib
-    try:
-        f = getattr(importlib.import_module(f"stage1_cascade.compression.{modname}"), fn)
-    except (ImportError, AttributeError) as e:
-        return [], f"{modname}.{fn} unavailable: {type(e).__name__}: {e}"
-    import inspect
-    try:
-        rows = f(mode=mode) if "mode" in inspect.signature(f).parameters else f()
-    except Exception as e:  # their failure is reported in the results, not hidden and not fatal to the report
-        return [], f"{modname}.{fn} failed: {type(e).__name__}: {e}"
-    return [_row(**r) for r in rows], None
+# %% ../../nbs/05_memory_plan.ipynb #4ac8312b
+FAILED = "failed"  # the `where` of a technique's row when its job raised
 
-def compress_bench(out: str | Path,   # folder for results.json, results.csv, results.md
-                   mode: str = "cpu", # 'cpu' (tiny twins) or 'gpu'
-                  ) -> list[dict]:
-    "Collect every technique's measured row (kv, quant, this notebook) and write the report."
-    if mode not in ("cpu", "gpu"): raise PlanError(f"mode {mode!r} not in ['cpu', 'gpu']")
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    rows, missing = [], []
-    for mod, fn in (("kv", "bench_kv"), ("quant", "bench_quant")):
-        r, err = _lazy_rows(mod, fn, mode)
-        rows += r
-        if err: missing.append(err)
-    try:  # the real llm-compressor run on a twin, recorded (where/when in each row); CI re-runs it for real
-        from stage1_cascade.compression.quant import recorded_run, weight_rows
-        rows += [_row(**r) for r in weight_rows(recorded_run())]
-    except Exception as e: missing.append(f"quant.weight_rows unavailable: {type(e).__name__}: {e}")
-    rows.append(fp8_kv_twin_row())
-    rows.append(_row(technique="LMCache (CPU/disk KV offload, prefix reuse)", family="kv-cache", reduces="ttft",
-                     where="not measured", note="needs vLLM + LMCache on a GPU; it reuses prefixes to cut TTFT and does "
-                     "not shrink GPU memory. Not measured on CPU."))
-    tr = make_trace(n_requests=800)
+def _kv_jobs(mode: str) -> dict:
+    "One job per KV method of notebook 03: a failing method does not take the others with it."
+    from stage1_cascade.compression import kv
+    return {n: partial(kv.bench_kv, methods=[n], mode=mode, progress=False) for n in kv.METHODS if n != "none"}
+
+def _gear_jobs(mode: str) -> dict:
+    from stage1_cascade.compression.quant import bench_quant
+    return {"gear": bench_quant}
+
+def replayed_rows(run: dict) -> list[dict]:
+    "Rows of a recorded llm-compressor run, `where` = `recorded:<date> ...`: replayed, not measured now."
+    from stage1_cascade.compression.quant import weight_rows
+    if not run.get("measured"):
+        raise PlanError("the recorded llm-compressor run has no 'measured' date: re-record it with quantize_twin_suite(record=True)")
+    day = str(run["measured"])[:10]
+    return [r | {"where": f"recorded:{day} {r['where']}"} for r in weight_rows(run)]
+
+def _recorded_jobs(mode: str) -> dict:
+    "One job per checkpoint of the recorded llm-compressor run (notebook 04)."
+    from stage1_cascade.compression.quant import recorded_run
+    run = recorded_run()
+    return {f"{r['scheme']}-{r['method']}": partial(replayed_rows, run | {"runs": [r]}) for r in run["runs"]}
+
+# %% ../../nbs/05_memory_plan.ipynb #7cc551b1
+def lmcache_row() -> dict:
+    "LMCache's row: not measurable without vLLM on a GPU, and it says so."
+    return _row(technique="LMCache (CPU/disk KV offload, prefix reuse)", family="kv-cache", reduces="ttft",
+                where="not measured", note="needs vLLM + LMCache on a GPU; it reuses prefixes to cut TTFT and does "
+                "not shrink GPU memory. Not measured on CPU.")
+
+def evicpress_row(n_requests: int = 800) -> dict:
+    "The EVICPRESS simulation against LRU on a generated trace, labelled as a simulation."
+    tr = make_trace(n_requests=n_requests)
     ev, lru = (simulate_evicpress(tr, SimParams(), p) for p in ("evicpress", "lru"))
-    rows.append(_row(technique="EVICPRESS-style compress-or-evict (SIMULATION)", family="offload", reduces="ttft",
-                     where="simulation", note=f"simulated mean TTFT {ev['mean_ttft_s']:.3f} s vs LRU evict-only "
-                     f"{lru['mean_ttft_s']:.3f} s ({lru['mean_ttft_s'] / ev['mean_ttft_s']:.2f}x); quality loss "
-                     f"{ev['mean_quality_loss']:.4f}; parameters are inputs, not measurements"))
+    return _row(technique="EVICPRESS-style compress-or-evict (SIMULATION)", family="offload", reduces="ttft",
+                where="simulation", note=f"simulated mean TTFT {ev['mean_ttft_s']:.3f} s vs LRU evict-only "
+                f"{lru['mean_ttft_s']:.3f} s ({lru['mean_ttft_s'] / ev['mean_ttft_s']:.2f}x); quality loss "
+                f"{ev['mean_quality_loss']:.4f}; parameters are inputs, not measurements")
+
+def weights_formula_row() -> dict:
+    "The planner's weight bytes of the default 26 at bf16 vs official FP8/AWQ: computed, not measured."
     p16, pq = make_plan("1xH200-141GB", "default26", weights="bf16"), make_plan("1xH200-141GB", "default26")
     b16, bq = p16.totals["weights_GB"] * 1e9, pq.totals["weights_GB"] * 1e9
-    rows.append(_row(technique="Official FP8/AWQ checkpoints for the default 26 (planner formula)", family="weights",
-                     reduces="weights", where="formula:default26", bytes_before=b16, bytes_after=bq, bytes_ratio=bq / b16,
-                     plan_claim=PLAN_CLAIMS["awq"], note="computed from model configs (vision/embeddings stay bf16), "
-                     "not measured; compression.quant measures real checkpoints"))
-    res = {"mode": mode, "rows": rows, "missing": missing}
-    _write(out / "results.json", json.dumps(res, indent=1, default=float))
+    return _row(technique="Official FP8/AWQ checkpoints for the default 26 (planner formula)", family="weights",
+                reduces="weights", where="formula:default26", bytes_before=b16, bytes_after=bq, bytes_ratio=bq / b16,
+                plan_claim=PLAN_CLAIMS["awq"], note="computed from model configs (vision/embeddings stay bf16), "
+                "not measured; compression.quant measures real checkpoints")
+
+def _single(name: str, make_row: Callable[[], dict]):
+    "A group of one technique whose job makes one row."
+    return lambda mode: {name: lambda: [make_row()]}
+
+TECHNIQUE_GROUPS: dict[str, Callable[[str], dict]] = {  # group -> fn(mode) -> {technique: job() -> rows}
+    "kv": _kv_jobs, "gear": _gear_jobs, "llm-compressor": _recorded_jobs,
+    "fp8-kv": _single("fp8-kv", fp8_kv_twin_row), "lmcache": _single("lmcache", lmcache_row),
+    "evicpress": _single("evicpress", evicpress_row), "weights": _single("default26", weights_formula_row),
+}
+
+def _raise(e: Exception): raise e
+
+def list_techniques(mode: str = "cpu", groups: dict | None = None) -> dict[str, Callable[[], list[dict]]]:
+    "Every technique the report runs, `{'group:technique': job}`; a group that cannot list its own is one job that raises."
+    jobs = {}
+    for g, listing in (TECHNIQUE_GROUPS if groups is None else groups).items():
+        try: found = listing(mode)
+        except Exception as e: jobs[g] = partial(_raise, e); continue
+        jobs |= {f"{g}:{n}": job for n, job in found.items()}
+    return jobs
+
+# %% ../../nbs/05_memory_plan.ipynb #3e58d393
+def compress_bench(out: str | Path,   # folder for results.json, results.csv, results.md
+                   mode: str = "cpu", # 'cpu' (tiny twins) or 'gpu'
+                   only: Iterable[str] | None = None, # group names of TECHNIQUE_GROUPS (default: all)
+                   groups: dict | None = None,        # the registry to use (default: TECHNIQUE_GROUPS)
+                   progress: bool = True,             # a tqdm bar over the techniques
+                  ) -> list[dict]:
+    "Run every listed technique on its own and write the report; a technique that fails gets a row saying so."
+    if mode not in ("cpu", "gpu"): raise PlanError(f"mode {mode!r} not in ['cpu', 'gpu']")
+    groups = TECHNIQUE_GROUPS if groups is None else groups
+    if only is not None:
+        only = list(only)
+        bad = [g for g in only if g not in groups]
+        if bad or not only:
+            raise PlanError(f"{f'unknown technique groups {bad}' if bad else 'no technique group given'}: allowed {list(groups)}")
+        groups = {g: groups[g] for g in only}
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+    jobs, rows = list_techniques(mode, groups), []
+    for name, job in tqdm(jobs.items(), desc="compress-bench", disable=not progress):
+        try:
+            got = [_row(**{**r, "source": name}) for r in job()]
+            if not got: raise PlanError("it returned no rows")
+        except Exception as e:  # this technique's row says it failed; the others still run
+            got = [_row(technique=name, source=name, where=FAILED, error=f"{type(e).__name__}: {e}",
+                        note="the technique raised: see error")]
+        rows += got
+    _write_report(out, mode, list(jobs), rows)
+    return rows
+
+def failures(rows: list[dict]) -> list[dict]:
+    "`{technique, error}` of every failed row."
+    return [{"technique": r["source"], "error": r["error"]} for r in rows if r["where"] == FAILED]
+
+def _write_report(out: Path, mode: str, techniques: list[str], rows: list[dict]):
     import csv, io
+    failed = failures(rows)
+    _write(out / "results.json", json.dumps({"mode": mode, "techniques": techniques, "rows": rows, "failed": failed},
+                                            indent=1, default=float))
     extra = sorted({k for r in rows for k in r} - set(ROW_KEYS))
     buf = io.StringIO(); w = csv.DictWriter(buf, fieldnames=list(ROW_KEYS) + extra, restval=""); w.writeheader(); w.writerows(rows)
     _write(out / "results.csv", buf.getvalue())
@@ -1084,9 +1150,8 @@ def compress_bench(out: str | Path,   # folder for results.json, results.csv, re
     cols = ("technique", "ratio", "reduces", "where", "bytes_ratio", "top1_agreement", "kl", "plan_claim", "note")
     md = ["# Compression report", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(fmt(r.get(c)).replace("|", "/") for c in cols) + " |" for r in rows]
-    md += [""] + [f"- missing: {m}" for m in missing]
+    md += [""] + [f"- failed: {f['technique']}: {f['error']}" for f in failed]
     _write(out / "results.md", "\n".join(md) + "\n")
-    return rows
 
 # %% ../../nbs/05_memory_plan.ipynb #dc6e788e
 def gpu_size_check(n_tokens: int = 2048, batch: int = 4) -> list[dict]:
