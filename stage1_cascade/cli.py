@@ -98,12 +98,15 @@ def _fmt(v, nd=3):
 def _summary_table(m: dict) -> Table:
     from stage1_cascade.bench import summary_rows
     t = Table(title="same images, same run", title_justify="left")
-    for c in ("predictor", "NATIX reward", "MCC", "accuracy", "VLM calls/image", "p50 ms"): t.add_column(c)
+    for c in ("predictor", "NATIX reward", "MCC", "accuracy", "VLM calls/image", "p50 ms", "EMA score"): t.add_column(c)
     for r in summary_rows(m): t.add_row(r[0], *[_fmt(v, 1 if i == 4 else 3) for i, v in enumerate(r[1:])])
+    t.caption = "reward: set-level (0.5·MCC+0.5·acc)³; EMA: the validator's score after these rounds"
     return t
 
 def _print_run(out, m: dict, wall_s: float):
+    from stage1_cascade.bench import gpu_cost_table
     console.print(_summary_table(m))
+    console.print(gpu_cost_table(m), markup=False, highlight=False)
     ex = ", ".join(f"{k} {v:.0%}" for k, v in m["cascade"]["exit_rate"].items() if v)
     console.print(f"decided {m['n_decided']} images ({m['n_skipped']} skipped); exits: {ex}; "
                   f"tier errors: {m['cascade']['n_tier_errors']}")
@@ -122,7 +125,7 @@ def demo(n: int = typer.Option(200, "--n", min=10, help="Synthetic hold-out imag
     "The embedded default end to end: synthetic hold-out images, shipped checkpoints, stand-in VLM servers."
     from stage1_cascade.bench import demo as _demo
     import time; t0 = time.perf_counter()
-    run, m = _demo(n, out, progress=progress)
+    run, m = _demo(n, out, progress=progress, echo=False)
     _print_run(run, m, time.perf_counter() - t0)
 
 def _levels(spec: str):
