@@ -654,18 +654,19 @@ def check_manifest(d:str|Path, # a folder the builders wrote: assets/stage1 or a
     if diffs: raise CheckpointError(f"{str(f)!r} records metrics its checkpoints do not give ({'; '.join(diffs)}); rebuild with `stage1-cascade train`")
     return got
 
-# %% ../nbs/08_detection.ipynb #4d12f4ae
+# %% ../nbs/08_detection.ipynb #308be941
 def build_standins(out:str|Path|None=None, # assets folder: writes out/standin/<tier>.pt and out/standin/manifest.json
                    seed:int=0,
                    specs:dict|None=None, # tier -> widths, size, epochs, n_train; default `STANDIN_SPECS`
                    n_train:int=1000, n_boxes:int=300, # the Stage-1 training and box sets (seed*1000+1, +4), first in the pool
-                   n_extra:int=1300, # extra training images (seed*1000+5), last in the pool
+                   n_extra:int|None=None, # extra training images (seed*1000+5), last in the pool; default: enough for the largest tier
                    n_test:int=240, # held-out images (seed*1000+3), the split Stage 1 is measured on
                    stage1_dir:str|Path|None=None, # Stage 1 to measure on the same images; default out/stage1 if it exists
                    log:Callable[[str], None]|None=None)->dict:
     "Train the stand-in server's tier classifiers from `seed`, measure them against Stage 1, write out/standin with its manifest."
     log = log or get_logger("detect").info; out = Path(out or assets_dir()); t_all = time.perf_counter()
     specs = specs or STANDIN_SPECS; seeds = _seeds(seed); t = time.perf_counter()
+    if n_extra is None: n_extra = max(0, max(v["n_train"] for v in specs.values()) - n_train - n_boxes)
     pool = synthetic_samples(n_train, seeds["train"]) + synthetic_samples(n_boxes, seeds["boxes"], levels=(0,)) + synthetic_samples(n_extra, seeds["extra"])
     too_many = {k: v["n_train"] for k, v in specs.items() if v["n_train"] > len(pool)}
     if too_many: raise DetectError(f"n_train {too_many} exceeds the pool of {len(pool)} images; raise n_extra")
@@ -688,7 +689,7 @@ def build_standins(out:str|Path|None=None, # assets folder: writes out/standin/<
     _replace_dir(new, out/"standin")
     return man
 
-# %% ../nbs/08_detection.ipynb #95c57cbc
+# %% ../nbs/08_detection.ipynb #320e06eb
 STAGE1_CANDIDATES = ("cnn", "yolo", "rtdetr")  # one name per model: in stage1.json, the manifest and the metrics
 
 def _train_candidate(name:str, work:Path, train:Sequence[Sample], boxes:Sequence[Sample], seed:int,
@@ -720,7 +721,7 @@ def build_checkpoints(out:str|Path|None=None, # assets folder: writes out/stage1
                       margin:float=0.005, # cross-validated AUC on `cal` a member must add to be kept
                       folds:int=5, # cross-validation folds on `cal`
                       standins:bool=True, # then rebuild the stand-in tiers (`build_standins`) from the same seed
-                      standin_specs:dict|None=None, n_extra:int=1300, # passed to `build_standins`
+                      standin_specs:dict|None=None, n_extra:int|None=None, # passed to `build_standins`
                       log:Callable[[str], None]|None=None)->dict:
     "Train the Stage-1 candidates from `seed`, keep those that earn their place, write out/stage1 and its manifest, then the stand-ins."
     log = log or get_logger("detect").info; out = Path(out or assets_dir()); t_all = time.perf_counter()
