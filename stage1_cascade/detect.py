@@ -1,6 +1,8 @@
-"""Three image models with their real loaders (an ultralytics YOLO, an HF transformers RT-DETRv2,
-a small CNN), each turned into P(roadwork), fused by logistic stacking fitted on a calibration
-split. Also the three larger CPU classifiers the VLM stand-in server looks through, one per tier.
+"""Three candidate image models with their real loaders (an ultralytics YOLO, an HF transformers
+RT-DETRv2, a small CNN), each turned into P(roadwork); the ones that earn their place on a
+calibration split are fused by logistic stacking. Checkpoints load only if their sha256 is
+the one recorded when the project wrote them. Also the three larger CPU classifiers the VLM
+stand-in server looks through, one per tier.
 
 Docs: https://example.invalid/stage1_cascade/detection.html.md"""
 
@@ -8,7 +10,7 @@ Docs: https://example.invalid/stage1_cascade/detection.html.md"""
 
 # %% ../nbs/08_detection.ipynb #f26c4966
 from __future__ import annotations
-import json, math, os, shutil, tempfile, time, warnings
+import hashlib, json, math, os, shutil, tempfile, time, warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -19,25 +21,28 @@ from PIL import Image, ImageDraw
 
 from .core import S1CError, assets_dir, atomic_write_json, get_logger
 from .data import ROADWORK_CLASSES, Sample, load_image, synthetic_samples
+from .cascade import accuracy, mcc, round_predictions
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 # %% auto #0
-__all__ = ['CLASSIFIER_FORMAT', 'YOLO_LAYOUT', 'STANDIN_SPECS', 'STANDIN_TIERS', 'DetectError', 'CheckpointError', 'Detection',
-           'DetectorResult', 'noisy_or', 'as_rgb', 'Detector', 'SmallCNN', 'images_to_tensor', 'Classifier',
+__all__ = ['CLASSIFIER_FORMAT', 'YOLO_LAYOUT', 'STAGE1_FORMAT', 'STANDIN_SPECS', 'STANDIN_TIERS', 'MANIFEST_FORMAT', 'CHECK_N',
+           'STAGE1_CANDIDATES', 'DetectError', 'CheckpointError', 'Detection', 'DetectorResult', 'noisy_or', 'as_rgb',
+           'Detector', 'checkpoint_sha256', 'verify_checkpoint', 'SmallCNN', 'images_to_tensor', 'Classifier',
            'save_classifier', 'load_classifier', 'train_classifier', 'ClassifierDetector', 'ultralytics_yolo',
            'write_yolo_yaml', 'export_yolo_dataset', 'train_yolo', 'YoloDetector', 'tiny_rtdetr_config',
-           'build_hf_detector', 'HFDetector', 'LogitStacker', 'Stage1', 'default_stage1', 'standin_scorer',
-           'binary_metrics', 'build_standins', 'build_checkpoints']
+           'build_hf_detector', 'HFDetector', 'LogitStacker', 'Stage1', 'default_stage1', 'cv_stacked_auc',
+           'select_members', 'standin_scorer', 'binary_metrics', 'check_manifest', 'build_standins',
+           'build_checkpoints']
 
 # %% ../nbs/08_detection.ipynb #8530628b
 class DetectError(S1CError):
     "A Stage-1 model could not be built, loaded or run."
 
 class CheckpointError(DetectError, FileNotFoundError):
-    "A checkpoint is missing or is not in the expected format."
+    "A checkpoint is missing, not in the expected format, or not the file this project wrote (sha256)."
 
 @dataclass(frozen=True)
 class Detection:
@@ -86,6 +91,37 @@ class Detector(ABC):
         return np.array([self.predict(im).p for im in imgs], dtype=np.float64)
 
     def __repr__(self): return f"{type(self).__name__}(name={self.name!r}, source={str(self.source)!r})"
+
+# %% ../nbs/08_detection.ipynb #1e6f500d
+def checkpoint_sha256(path:str|Path # a checkpoint file, or a folder of them
+                     )->str:
+    "sha256 of a file; of a folder, the sha256 of its files' relative paths and digests, in sorted order."
+    path = Path(path)
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""): h.update(chunk)
+        return h.hexdigest()
+    if not path.is_dir(): raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    lines = [f"{p.relative_to(path).as_posix()} {checkpoint_sha256(p)}\n" for p in sorted(path.rglob("*")) if p.is_file()]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+def verify_checkpoint(path:str|Path, # the file or folder about to be loaded
+                      sha256:str|None, # its digest, recorded when the project wrote it
+                      trust:bool=False, # skip the check: only for a checkpoint you made yourself
+                      recorded_in:str="`sha256=`" # where `sha256` comes from, named in the error
+                     )->Path:
+    "`path` if its sha256 is the recorded one (or `trust`); else a `CheckpointError` naming the file and both digests."
+    path = Path(path)
+    if trust: return path
+    if not sha256:
+        raise CheckpointError(f"{str(path)!r} has no sha256 recorded in {recorded_in}, so it is not known to be a file this project wrote; "
+                              "rebuild it (`stage1-cascade train`), or pass trust=True if it is your own checkpoint")
+    got = checkpoint_sha256(path)
+    if got != sha256:
+        raise CheckpointError(f"{str(path)!r} has sha256 {got}, but {recorded_in} records {sha256}: it is not the file this project wrote. "
+                              "Rebuild it (`stage1-cascade train`), or pass trust=True if it is your own checkpoint (loading a pickle runs code from it)")
+    return path
 
 # %% ../nbs/08_detection.ipynb #38fac3d7
 import torch
@@ -150,8 +186,10 @@ def load_classifier(path:str|Path)->Classifier:
     "Load a classifier written by `save_classifier` (weights only, no pickled code)."
     path = Path(path)
     if not path.is_file(): raise CheckpointError(f"classifier checkpoint {str(path)!r} does not exist; run `stage1-cascade train` or `build_checkpoints()`")
-    try: ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise CheckpointError(f"{str(path)!r} is not a torch checkpoint ({type(e).__name__}: {e})") from e
+    try: ck = torch.load(path, map_location="cpu", weights_only=True)  # refuses pickled code: tensors and plain data only
+    except Exception as e:
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint `torch.load(weights_only=True)` accepts "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     if not isinstance(ck, dict) or ck.get("format") != CLASSIFIER_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a {CLASSIFIER_FORMAT!r} checkpoint (format={ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r})")
     net = SmallCNN(ck["widths"]); net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
@@ -195,8 +233,14 @@ def train_classifier(samples:Sequence[Sample], # labelled training images
 class ClassifierDetector(Detector):
     "Stage-1 adapter for a `Classifier`: P(roadwork) from the whole image, no boxes."
     kind = "classifier"
-    def __init__(self, path:str|Path, name:str|None=None):
-        self.clf = load_classifier(path); self.source = Path(path); self.name = name or self.clf.name
+    def __init__(self, path:str|Path, name:str|None=None,
+                 sha256:str|None=None, # checked when given (the loader reads weights only, never code)
+                 trust:bool=False):
+        path = Path(path)
+        if sha256: verify_checkpoint(path, sha256, trust)
+        self.clf = load_classifier(path); self.source = path; self.name = name or self.clf.name
+    @property
+    def n_params(self)->int: return self.clf.n_params
     def _infer(self, img): return float(self.clf.predict_proba([img])[0]), []
     def predict_many(self, imgs): return self.clf.predict_proba(list(imgs))
 
@@ -266,14 +310,20 @@ def train_yolo(samples:Sequence[Sample], # level-0 samples with boxes, plus labe
                 "val_map50": round(float(m.box.map50), 4), "val_map50_95": round(float(m.box.map), 4)}
 
 class YoloDetector(Detector):
-    "Stage-1 adapter for an ultralytics YOLO checkpoint: boxes, and P = noisy-OR of the top-k box scores."
+    "Stage-1 adapter for an ultralytics YOLO `.pt` (a pickle: loaded only with its recorded `sha256`, or `trust`); P = noisy-OR of the top-k box scores."
     kind = "yolo"
-    def __init__(self, path:str|Path, name:str|None=None, imgsz:int=224, k:int=3, box_threshold:float=0.25, min_conf:float=0.01):
+    def __init__(self, path:str|Path, name:str|None=None,
+                 sha256:str|None=None, # the digest recorded when the project wrote `path`; required unless `trust`
+                 trust:bool=False, # load without the check: only for your own checkpoint
+                 imgsz:int=224, k:int=3, box_threshold:float=0.25, min_conf:float=0.01):
         YOLO = ultralytics_yolo(); path = Path(path)
         if not path.is_file(): raise CheckpointError(f"YOLO checkpoint {str(path)!r} does not exist; run `stage1-cascade train`")
+        verify_checkpoint(path, sha256, trust)  # before ultralytics unpickles it
         self.model = YOLO(str(path)); self.source, self.name = path, name or path.stem
         self.imgsz, self.k, self.box_threshold, self.min_conf = imgsz, k, box_threshold, min_conf
         self.names = self.model.names
+    @property
+    def n_params(self)->int: return sum(p.numel() for p in self.model.model.parameters())
     def _infer(self, img):
         r = self.model.predict(img, imgsz=self.imgsz, conf=self.min_conf, max_det=30, device="cpu", verbose=False)[0]
         conf = r.boxes.conf.numpy(); cls = r.boxes.cls.numpy().astype(int); xyxy = r.boxes.xyxy.numpy()
@@ -322,7 +372,7 @@ def build_hf_detector(out:str|Path, # folder for `save_pretrained`
                                "boxes": torch.tensor(cxcywh, dtype=torch.float32).reshape(-1, 4)})
             pv = proc(images=ims, return_tensors="pt")["pixel_values"]
             loss = model(pixel_values=pv, labels=labels).loss
-            opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); losses.append(float(loss))
+            opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); losses.append(loss.item())
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     model.eval().half().save_pretrained(out); proc.save_pretrained(out)
     return {"train_s": round(time.perf_counter() - t0, 1), "steps": steps, "batch": batch,
@@ -331,15 +381,20 @@ def build_hf_detector(out:str|Path, # folder for `save_pretrained`
 class HFDetector(Detector):
     "Stage-1 adapter for an HF transformers object detector folder (RT-DETRv2, D-FINE, ...): P = noisy-OR of the top-k query scores."
     kind = "hf"
-    def __init__(self, path:str|Path, name:str|None=None, k:int=3, box_threshold:float=0.3):
+    def __init__(self, path:str|Path, name:str|None=None, k:int=3, box_threshold:float=0.3,
+                 sha256:str|None=None, # the folder's digest (`checkpoint_sha256`), checked when given
+                 trust:bool=False):
         from transformers import AutoModelForObjectDetection, AutoImageProcessor
         path = Path(path)
         if not (path/"config.json").is_file(): raise CheckpointError(f"HF detector folder {str(path)!r} has no config.json; run `stage1-cascade train`")
+        if sha256: verify_checkpoint(path, sha256, trust)
         _hf_quiet()
         self.model = AutoModelForObjectDetection.from_pretrained(path, dtype=torch.float32).eval()
         self.processor = AutoImageProcessor.from_pretrained(path, use_fast=False)
         self.source, self.name, self.k, self.box_threshold = path, name or path.name, k, box_threshold
         self.id2label = self.model.config.id2label
+    @property
+    def n_params(self)->int: return sum(p.numel() for p in self.model.parameters())
     @torch.no_grad()
     def _infer(self, img):
         out = self.model(**self.processor(images=img, return_tensors="pt"))
@@ -372,6 +427,7 @@ class LogitStacker:
 
 # %% ../nbs/08_detection.ipynb #768253dd
 _ADAPTERS = {"yolo": YoloDetector, "hf": HFDetector, "classifier": ClassifierDetector}
+STAGE1_FORMAT = "stage1_cascade.stage1/2"  # /2: each member carries its checkpoint's sha256
 
 class Stage1:
     "Stage-1 members fused into one calibrated P(roadwork)."
@@ -406,32 +462,84 @@ class Stage1:
         "Fit the stacker on a calibration split."
         self.stacker = LogitStacker.fit(self.names, self.member_probs(imgs), np.asarray(labels), C=C); return self
     def save(self, d:str|Path)->Path:
-        "Write every member's checkpoint and `stage1.json` into folder `d`."
+        "Write every member's checkpoint and `stage1.json` (with each checkpoint's sha256) into folder `d`."
         d = Path(d); d.mkdir(parents=True, exist_ok=True); members = []
         for det in self.detectors:
             rel = det.source.name; dst = d/rel
             if det.source.resolve() != dst.resolve():
                 if det.source.is_dir(): shutil.copytree(det.source, dst, dirs_exist_ok=True)
                 else: shutil.copyfile(det.source, dst)
-            members.append({"name": det.name, "kind": det.kind, "path": rel})
-        atomic_write_json(d/"stage1.json", {"format": "stage1_cascade.stage1/1", "members": members,
+            members.append({"name": det.name, "kind": det.kind, "path": rel, "sha256": checkpoint_sha256(dst)})
+        atomic_write_json(d/"stage1.json", {"format": STAGE1_FORMAT, "members": members,
                                             "stacker": asdict(self.stacker) if self.stacker else None, "meta": self.meta})
         return d
     @classmethod
-    def load(cls, d:str|Path)->"Stage1":
-        "Rebuild a Stage1 saved with `save` (each member through its real loader)."
+    def load(cls, d:str|Path, # a folder written by `save`
+             trust:bool=False # skip the sha256 checks: only for files you made yourself
+            )->"Stage1":
+        "Rebuild a Stage1 saved with `save`: each member's sha256 checked, then loaded through its real loader."
         d = Path(d); f = d/"stage1.json"
         if not f.is_file(): raise CheckpointError(f"{str(f)!r} does not exist; run `stage1-cascade train` to build the Stage-1 checkpoints")
         cfg = json.loads(f.read_text())
+        if cfg.get("format") != STAGE1_FORMAT and not trust:
+            raise CheckpointError(f"{str(f)!r} has format {cfg.get('format')!r}, not {STAGE1_FORMAT!r}, so it records no sha256 to check its members "
+                                  "against; rebuild it with `stage1-cascade train`, or pass trust=True if you wrote these files yourself")
         bad = [m["kind"] for m in cfg["members"] if m["kind"] not in _ADAPTERS]
         if bad: raise CheckpointError(f"{str(f)!r} names unknown member kinds {bad}; allowed: {sorted(_ADAPTERS)}")
-        dets = [_ADAPTERS[m["kind"]](d/m["path"], name=m["name"]) for m in cfg["members"]]
+        dets = []
+        for m in cfg["members"]:
+            p = d/m["path"]
+            if not p.exists(): raise CheckpointError(f"{str(f)!r} names member {m['name']!r} at {str(p)!r}, which does not exist")
+            verify_checkpoint(p, m.get("sha256"), trust, recorded_in=repr(str(f)))
+            dets.append(_ADAPTERS[m["kind"]](p, name=m["name"], trust=True))  # checked just above
         return cls(dets, LogitStacker(**cfg["stacker"]) if cfg.get("stacker") else None, cfg.get("meta"))
     def __repr__(self): return f"Stage1({self.names}, stacker={self.stacker})"
 
 def default_stage1(d:str|Path|None=None)->Stage1:
     "The shipped Stage-1 model (assets/stage1)."
     return Stage1.load(d or assets_dir()/"stage1")
+
+# %% ../nbs/08_detection.ipynb #94ea53ca
+def cv_stacked_auc(P:np.ndarray, # (n, members) member probabilities on the calibration split
+                   y:Sequence[int], # labels of those n images
+                   folds:int=5, seed:int=0, C:float=1.0)->float:
+    "ROC AUC of out-of-fold stacked answers: each fold is scored by a `LogitStacker` fitted on the other folds."
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.metrics import roc_auc_score
+    y = np.asarray(y).astype(int); P = np.asarray(P, dtype=np.float64).reshape(len(y), -1)
+    k = min(folds, int(np.bincount(y, minlength=2).min()))
+    if k < 2: raise DetectError(f"cross-validation needs at least 2 images of each label, got counts {np.bincount(y, minlength=2).tolist()}")
+    cols, oof = [str(i) for i in range(P.shape[1])], np.zeros(len(y))
+    for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed).split(P, y):
+        oof[te] = LogitStacker.fit(cols, P[tr], y[tr], C=C)(P[te])
+    return float(roc_auc_score(y, oof))
+
+def select_members(names:Sequence[str], # candidate names, the columns of `P`
+                   P:np.ndarray, # (n, candidates) probabilities on the calibration split
+                   y:Sequence[int],
+                   margin:float=0.005, # cross-validated AUC a member must add to be kept
+                   folds:int=5, seed:int=0)->dict:
+    "Greedy forward selection on the cross-validated stacked AUC: the kept members, each candidate's score and reason."
+    names = list(names); P = np.asarray(P, dtype=np.float64).reshape(len(y), len(names))
+    score = lambda ms: cv_stacked_auc(P[:, [names.index(m) for m in ms]], y, folds, seed)
+    alone = {n: score([n]) for n in names}
+    flat = [n for n in names if np.ptp(P[:, names.index(n)]) < 1e-6]  # the same p for every image: no information
+    pool = [n for n in names if n not in flat] or names
+    kept = [max(pool, key=alone.get)]; best = alone[kept[0]]; gain = {kept[0]: None}
+    reasons = {kept[0]: f"kept: best alone (CV AUC {best:.4f} on cal)" + ("" if best > 0.5 else "; no candidate ranks better than chance")}
+    for n in flat:
+        if n not in kept: gain[n] = None; reasons[n] = "left out: the same p for every calibration image"
+    rest = [n for n in pool if n not in kept]
+    while rest:
+        g = {n: score(kept + [n]) - best for n in rest}
+        n = max(rest, key=g.get)
+        if g[n] <= margin:
+            for m in rest: gain[m] = g[m]; reasons[m] = f"left out: adds {g[m]:+.4f} CV AUC to {'+'.join(kept)} (needs > {margin})"
+            break
+        gain[n] = g[n]; reasons[n] = f"kept: adds {g[n]:+.4f} CV AUC to {'+'.join(kept)} (> {margin})"
+        kept.append(n); best += g[n]; rest.remove(n)
+    return {"metric": f"out-of-fold stacked ROC AUC on the calibration split ({folds} folds)", "margin": margin, "folds": folds,
+            "kept": kept, "cv_auc": best, "alone": alone, "gain": gain, "reasons": reasons}
 
 # %% ../nbs/08_detection.ipynb #72697765
 STANDIN_SPECS = {  # tier: SmallCNN widths, input side, epochs, number of training images (taken from the pool in order)
@@ -452,91 +560,207 @@ def standin_scorer(name:str="fast", # tier: 'fast', 'power' or 'precision'
     return score
 
 # %% ../nbs/08_detection.ipynb #aeb1990e
-def binary_metrics(y:Sequence[int], p:Sequence[float])->dict:
-    "Accuracy, MCC, log-loss (threshold 0.5) and ROC AUC (ranking, threshold-free) of `p` against labels `y`."
-    from sklearn.metrics import matthews_corrcoef, log_loss, roc_auc_score
-    y = np.asarray(y).astype(int); p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6); yh = (p >= 0.5).astype(int)
-    return {"n": int(len(y)), "accuracy": round(float((yh == y).mean()), 4), "mcc": round(float(matthews_corrcoef(y, yh)), 4),
-            "log_loss": round(float(log_loss(y, p, labels=[0, 1])), 4),
+def binary_metrics(y:Sequence[int], # labels, 0/1
+                   p:Sequence[float] # P(roadwork) per image
+                  )->dict:
+    "Accuracy and MCC of the validator's rounding (`round_predictions`), log-loss, and ROC AUC (threshold-free)."
+    from sklearn.metrics import log_loss, roc_auc_score
+    y = np.asarray(y).astype(int); p = np.asarray(p, dtype=np.float64); yh = round_predictions(p)
+    return {"n": int(len(y)), "accuracy": round(accuracy(y, yh), 4), "mcc": round(mcc(y, yh), 4),
+            "log_loss": round(float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1])), 4),
             "auc": round(float(roc_auc_score(y, p)), 4) if len(set(y.tolist())) == 2 else None}
 
 # %% ../nbs/08_detection.ipynb #73e0a850
+MANIFEST_FORMAT = "stage1_cascade.manifest/2"
+CHECK_N = 48  # first held-out images whose metrics a manifest records for `check_manifest` to recompute
+_WRITERS = {"stage1": ("build_checkpoints", "Stage-1 candidates trained on synthetic scenes; the kept ones are fused in stage1.json"),
+            "standin": ("build_standins", "CPU classifiers standing in for the VLM tiers (not VLMs)")}
+
+def _seeds(seed:int)->dict:
+    "The disjoint synthetic sets of one build, by role."
+    return {"train": seed * 1000 + 1, "cal": seed * 1000 + 2, "test": seed * 1000 + 3, "boxes": seed * 1000 + 4, "extra": seed * 1000 + 5}
+
+def _images_sha256(samples:Sequence[Sample])->str:
+    h = hashlib.sha256()
+    for s in samples: h.update(s.image)
+    return h.hexdigest()
+
 def _dir_bytes(p:Path)->int: return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
+def _replace_dir(new:Path, final:Path)->Path:
+    "Put the finished folder `new` where `final` was; the old one is removed only once the new one is in place."
+    old = final.with_name(final.name + ".old"); shutil.rmtree(old, ignore_errors=True)
+    if final.exists(): final.rename(old)
+    new.rename(final); shutil.rmtree(old, ignore_errors=True)
+    return final
+
+def _check_block(test_set:Sequence[Sample], scores:dict, seed:int)->dict:
+    "Metrics of `scores` (name -> p over `test_set`) on the first `CHECK_N` images, with what regenerates them."
+    n = min(CHECK_N, len(test_set)); y = np.array([s.label for s in test_set[:n]])
+    return {"split": "test", "seed": seed, "n": n, "images_sha256": _images_sha256(test_set[:n]),
+            "metrics": {k: binary_metrics(y, np.asarray(p)[:n]) for k, p in scores.items()}}
+
+def _write_manifest(d:Path, # the folder it describes
+                    what:str, # 'stage1' or 'standin'
+                    seed:int, sizes:dict, generate_s:float,
+                    models:dict, # every model trained: what it is, how it was trained and measured
+                    metrics:dict, # split -> model -> `binary_metrics`
+                    check:dict, # `_check_block`: what `check_manifest` recomputes
+                    files:Sequence[str], # the shipped files and folders in `d`, relative to it
+                    t0:float, # `time.perf_counter()` when the build started
+                    **extra)->dict:
+    "Write `d/manifest.json` in the schema both builders share; return it."
+    fs = {r: {"sha256": checkpoint_sha256(d/r), "bytes": _dir_bytes(d/r)} for r in files}
+    writer, description = _WRITERS[what]
+    man = {"format": MANIFEST_FORMAT, "what": what, "description": description, "written_by": f"stage1_cascade.detect.{writer}",
+           "seed": seed, "seeds": _seeds(seed), "synthetic": True, "sizes": sizes, "generate_s": round(generate_s, 1),
+           "models": models, **extra, "metrics": metrics, "check": check, "files": fs,
+           "total_bytes": sum(v["bytes"] for v in fs.values()), "total_s": round(time.perf_counter() - t0, 1),
+           "torch_threads": torch.get_num_threads()}
+    atomic_write_json(d/"manifest.json", man)
+    return man
+
+def _manifest_scores(d:Path, man:dict, imgs:list)->dict:
+    "P(roadwork) on `imgs` of each model a manifest checks, loaded from `d` through its real loader."
+    if man["what"] == "stage1":
+        st = Stage1.load(d); P = st.member_probs(imgs)
+        return {**{n: P[:, i] for i, n in enumerate(st.names)}, "stage1_fused": st._fuse(P)}
+    return {f"standin_{t}": load_classifier(d/m["file"]).predict_proba(imgs) for t, m in man["models"].items()}
+
+def check_manifest(d:str|Path, # a folder the builders wrote: assets/stage1 or assets/standin
+                   tol:float=1e-3 # metrics are stored to 4 decimals
+                  )->dict:
+    "Recompute a manifest's `check` block from the files beside it; a `CheckpointError` on any difference. Returns the recomputed metrics."
+    d = Path(d); f = d/"manifest.json"
+    if not f.is_file(): raise CheckpointError(f"{str(f)!r} does not exist; run `stage1-cascade train`")
+    man = json.loads(f.read_text())
+    if man.get("format") != MANIFEST_FORMAT or "check" not in man:
+        raise CheckpointError(f"{str(f)!r} has format {man.get('format')!r}, not {MANIFEST_FORMAT!r}: it was not written by this version's "
+                              "builders and has no check block; rebuild with `stage1-cascade train`")
+    bad = [f"{r}: sha256 {checkpoint_sha256(d/r) if (d/r).exists() else 'missing'} on disk, {v['sha256']} recorded"
+           for r, v in man["files"].items() if not (d/r).exists() or checkpoint_sha256(d/r) != v["sha256"]]
+    if bad: raise CheckpointError(f"{str(f)!r} does not describe the files beside it ({'; '.join(bad)}): a file changed without its manifest; "
+                                  "rebuild with `stage1-cascade train`")
+    ck = man["check"]; samples = synthetic_samples(ck["n"], ck["seed"])
+    if _images_sha256(samples) != ck["images_sha256"]:
+        raise CheckpointError(f"synthetic_samples({ck['n']}, {ck['seed']}) no longer gives the images {str(f)!r} was measured on: the scene "
+                              "generator changed since it was written; rebuild with `stage1-cascade train`")
+    y = np.array([s.label for s in samples])
+    got = {k: binary_metrics(y, p) for k, p in _manifest_scores(d, man, [s.pil() for s in samples]).items()}
+    diffs = [f"{k}.{m}: {v[m]} recorded, {got.get(k, {}).get(m)} recomputed" for k, v in ck["metrics"].items()
+             for m in ("accuracy", "mcc", "log_loss", "auc")
+             if k not in got or (v[m] is None) != (got[k][m] is None) or (v[m] is not None and abs(v[m] - got[k][m]) > tol)]
+    diffs += [f"{k}: recomputed, not recorded" for k in got if k not in ck["metrics"]]
+    if diffs: raise CheckpointError(f"{str(f)!r} records metrics its checkpoints do not give ({'; '.join(diffs)}); rebuild with `stage1-cascade train`")
+    return got
+
+# %% ../nbs/08_detection.ipynb #308be941
 def build_standins(out:str|Path|None=None, # assets folder: writes out/standin/<tier>.pt and out/standin/manifest.json
                    seed:int=0,
                    specs:dict|None=None, # tier -> widths, size, epochs, n_train; default `STANDIN_SPECS`
-                   n_extra:int=1300, # extra training images (seed*1000+5) on top of the 1000 + 300 Stage-1 ones
+                   n_train:int=1000, n_boxes:int=300, # the Stage-1 training and box sets (seed*1000+1, +4), first in the pool
+                   n_extra:int|None=None, # extra training images (seed*1000+5), last in the pool; default: enough for the largest tier
                    n_test:int=240, # held-out images (seed*1000+3), the split Stage 1 is measured on
                    stage1_dir:str|Path|None=None, # Stage 1 to measure on the same images; default out/stage1 if it exists
                    log:Callable[[str], None]|None=None)->dict:
-    "Train the stand-in server's three tier classifiers from `seed`, measure them against Stage 1, write their manifest."
-    log = log or get_logger("detect").info; out = Path(out or assets_dir()); sd = out/"standin"; sd.mkdir(parents=True, exist_ok=True)
-    specs = specs or STANDIN_SPECS; t_all = time.perf_counter()
-    seeds = {"train": seed * 1000 + 1, "boxes": seed * 1000 + 4, "extra": seed * 1000 + 5, "test": seed * 1000 + 3}
-    t = time.perf_counter()
-    pool = synthetic_samples(1000, seeds["train"]) + synthetic_samples(300, seeds["boxes"], levels=(0,)) + synthetic_samples(n_extra, seeds["extra"])
-    test_set = synthetic_samples(n_test, seeds["test"]); gen_s = time.perf_counter() - t
-    log(f"generated {len(pool)}+{n_test} samples in {gen_s:.0f} s")
+    "Train the stand-in server's tier classifiers from `seed`, measure them against Stage 1, write out/standin with its manifest."
+    log = log or get_logger("detect").info; out = Path(out or assets_dir()); t_all = time.perf_counter()
+    specs = specs or STANDIN_SPECS; seeds = _seeds(seed); t = time.perf_counter()
+    if n_extra is None: n_extra = max(0, max(v["n_train"] for v in specs.values()) - n_train - n_boxes)
+    pool = synthetic_samples(n_train, seeds["train"]) + synthetic_samples(n_boxes, seeds["boxes"], levels=(0,)) + synthetic_samples(n_extra, seeds["extra"])
     too_many = {k: v["n_train"] for k, v in specs.items() if v["n_train"] > len(pool)}
     if too_many: raise DetectError(f"n_train {too_many} exceeds the pool of {len(pool)} images; raise n_extra")
+    test_set = synthetic_samples(n_test, seeds["test"]); gen_s = time.perf_counter() - t
+    log(f"generated {len(pool)}+{n_test} samples in {gen_s:.0f} s")
     imgs, y = [s.pil() for s in test_set], np.array([s.label for s in test_set])
-    tiers, metrics = {}, {}
+    new = out/"standin.new"; shutil.rmtree(new, ignore_errors=True); new.mkdir(parents=True)
+    models, scores = {}, {}
     for name, sp in specs.items():
         clf = train_classifier(pool[: sp["n_train"]], widths=sp["widths"], size=sp["size"], epochs=sp["epochs"], seed=seed, name=f"standin-{name}", log=log)
-        p = save_classifier(clf, sd/f"{name}.pt", half=True)
-        tiers[name] = {"file": p.name, "widths": list(sp["widths"]), "params": clf.n_params, "input": clf.size, "bytes": p.stat().st_size, **clf.meta}
-        metrics[f"standin_{name}"] = binary_metrics(y, clf.predict_proba(imgs)); log(f"{name}: {tiers[name]} {metrics[f'standin_{name}']}")
+        path = save_classifier(clf, new/f"{name}.pt", half=True)
+        models[name] = {"file": path.name, "widths": list(sp["widths"]), "params": clf.n_params, "input": clf.size, **clf.meta}
+        scores[f"standin_{name}"] = load_classifier(path).predict_proba(imgs)  # as shipped: fp16 weights
+    metrics = {k: binary_metrics(y, p) for k, p in scores.items()}
     s1 = Path(stage1_dir) if stage1_dir else out/"stage1"
     if (s1/"stage1.json").exists(): metrics["stage1_fused"] = binary_metrics(y, Stage1.load(s1).predict_many(imgs))
-    man = {"format": "stage1_cascade.standin/2", "what": "CPU classifiers standing in for the VLM tiers (not VLMs)",
-           "seed": seed, "seeds": seeds, "synthetic": True, "sizes": {"pool": len(pool), "test": n_test}, "generate_s": round(gen_s, 1),
-           "tiers": tiers, "metrics": {"test": metrics}, "total_bytes": sum(v["bytes"] for v in tiers.values()),
-           "total_s": round(time.perf_counter() - t_all, 1), "torch_threads": torch.get_num_threads()}
-    atomic_write_json(sd/"manifest.json", man)
+    log(f"stand-in tiers on {n_test} held-out images: {metrics}")
+    man = _write_manifest(new, "standin", seed, {"pool": len(pool), "test": n_test}, gen_s, models, {"test": metrics},
+                          _check_block(test_set, scores, seeds["test"]), [m["file"] for m in models.values()], t_all)
+    _replace_dir(new, out/"standin")
     return man
+
+# %% ../nbs/08_detection.ipynb #320e06eb
+STAGE1_CANDIDATES = ("cnn", "yolo", "rtdetr")  # one name per model: in stage1.json, the manifest and the metrics
+
+def _train_candidate(name:str, work:Path, train:Sequence[Sample], boxes:Sequence[Sample], seed:int,
+                     cnn_epochs:int, yolo_epochs:int, hf_steps:int, log)->tuple[Detector, dict]:
+    "Train one Stage-1 candidate into folder `work`; its adapter and how it was trained."
+    if name == "cnn":
+        clf = train_classifier(train, widths=(16, 32, 64, 96, 128), size=112, epochs=cnn_epochs, seed=seed, name=name, log=log)
+        det, info = ClassifierDetector(save_classifier(clf, work/"cnn.pt"), name=name), {**clf.meta, "input": clf.size}
+    elif name == "yolo":
+        info = train_yolo(boxes, work/"yolo.pt", epochs=yolo_epochs, seed=seed)
+        det = YoloDetector(work/"yolo.pt", name=name, trust=True)  # written just above by train_yolo
+    else:
+        info = build_hf_detector(work/"rtdetr", boxes, steps=hf_steps, seed=seed); det = HFDetector(work/"rtdetr", name=name)
+    info = {"kind": det.kind, "file": det.source.name, "params": det.n_params, **info}
+    log(f"{name}: {info}")
+    return det, info
+
+def _ms_per_image(det:Detector, imgs:Sequence, n:int=32)->float:
+    "Mean wall time of one `predict` call (one image, as a miner answers), after one warm-up call."
+    imgs = list(imgs[:n]); det.predict(imgs[0]); t = time.perf_counter()
+    for im in imgs: det.predict(im)
+    return round((time.perf_counter() - t) * 1e3 / len(imgs), 1)
 
 def build_checkpoints(out:str|Path|None=None, # assets folder: writes out/stage1 and out/standin
                       seed:int=0,
                       n_train:int=1000, n_cal:int=240, n_test:int=240, n_boxes:int=300, # synthetic set sizes
                       cnn_epochs:int=6, yolo_epochs:int=8, hf_steps:int=40,
+                      candidates:Sequence[str]=STAGE1_CANDIDATES, # the Stage-1 models to train and choose from
+                      margin:float=0.005, # cross-validated AUC on `cal` a member must add to be kept
+                      folds:int=5, # cross-validation folds on `cal`
+                      standins:bool=True, # then rebuild the stand-in tiers (`build_standins`) from the same seed
+                      standin_specs:dict|None=None, n_extra:int|None=None, # passed to `build_standins`
                       log:Callable[[str], None]|None=None)->dict:
-    "Regenerate every shipped Stage-1 and stand-in checkpoint from the generator and `seed`; return the manifest."
+    "Train the Stage-1 candidates from `seed`, keep those that earn their place, write out/stage1 and its manifest, then the stand-ins."
     log = log or get_logger("detect").info; out = Path(out or assets_dir()); t_all = time.perf_counter()
-    s1, sd = out/"stage1", out/"standin"; s1.mkdir(parents=True, exist_ok=True); sd.mkdir(parents=True, exist_ok=True)
-    seeds = {"train": seed * 1000 + 1, "cal": seed * 1000 + 2, "test": seed * 1000 + 3, "boxes": seed * 1000 + 4}
-    t = time.perf_counter()
-    train = synthetic_samples(n_train, seeds["train"]); cal = synthetic_samples(n_cal, seeds["cal"])
-    test_set = synthetic_samples(n_test, seeds["test"]); boxes = synthetic_samples(n_boxes, seeds["boxes"], levels=(0,))
+    names = list(candidates)
+    if not names or len(set(names)) != len(names) or set(names) - set(STAGE1_CANDIDATES):
+        raise DetectError(f"candidates {names} must be distinct names from {list(STAGE1_CANDIDATES)}")
+    seeds = _seeds(seed); t = time.perf_counter()
+    train, cal = synthetic_samples(n_train, seeds["train"]), synthetic_samples(n_cal, seeds["cal"])
+    test_set, boxes = synthetic_samples(n_test, seeds["test"]), synthetic_samples(n_boxes, seeds["boxes"], levels=(0,))
     gen_s = time.perf_counter() - t; log(f"generated {n_train}+{n_cal}+{n_test}+{n_boxes} samples in {gen_s:.0f} s")
     box_pool = boxes + [s for s in train if s.label == 0][: n_boxes // 2]
-    info = {}
-    clf = train_classifier(train, widths=(16, 32, 64, 96, 128), size=112, epochs=cnn_epochs, seed=seed, name="cnn", log=log)
-    save_classifier(clf, s1/"cnn.pt"); info["cnn"] = {**clf.meta, "params": clf.n_params, "input": clf.size}
-    info["yolo11t-roadwork"] = train_yolo(box_pool, s1/"yolo.pt", epochs=yolo_epochs, seed=seed); log(f"yolo {info['yolo11t-roadwork']}")
-    hf_name = f"rtdetrv2-tiny-ft{hf_steps}" if hf_steps else "rtdetrv2-tiny-random"
-    info[hf_name] = build_hf_detector(s1/"rtdetrv2", box_pool, steps=hf_steps, seed=seed); log(f"{hf_name} {info[hf_name]}")
-    stage = Stage1([YoloDetector(s1/"yolo.pt", name="yolo11t-roadwork"), HFDetector(s1/"rtdetrv2", name=hf_name),
-                    ClassifierDetector(s1/"cnn.pt", name="cnn")], meta={"seed": seed, "seeds": seeds})
     cal_imgs, test_imgs = [s.pil() for s in cal], [s.pil() for s in test_set]
-    y_cal, y_test = np.array([s.label for s in cal]), np.array([s.label for s in test_set])
-    P_cal = stage.member_probs(cal_imgs); stage.stacker = LogitStacker.fit(stage.names, P_cal, y_cal)
-    t = time.perf_counter(); P_test = stage.member_probs(test_imgs); member_s = time.perf_counter() - t
-    metrics = {"test": {n: binary_metrics(y_test, P_test[:, i]) for i, n in enumerate(stage.names)},
-               "cal": {n: binary_metrics(y_cal, P_cal[:, i]) for i, n in enumerate(stage.names)}}
-    metrics["test"]["stage1_fused"] = binary_metrics(y_test, stage.stacker(P_test))
-    metrics["cal"]["stage1_fused"] = binary_metrics(y_cal, stage.stacker(P_cal))
-    metrics["train"] = {"cnn": binary_metrics([s.label for s in train], clf.predict_proba([s.pil() for s in train]))}
-    stage.save(s1)
-    sman = build_standins(out, seed, n_test=n_test, stage1_dir=s1, log=log)
-    metrics["test"].update({k: v for k, v in sman["metrics"]["test"].items() if k.startswith("standin_")})
-    info.update({f"standin_{k}": v for k, v in sman["tiers"].items()})
-    files = {str(p.relative_to(out)): _dir_bytes(p) for p in [s1/"yolo.pt", s1/"rtdetrv2", s1/"cnn.pt", *(sd/v["file"] for v in sman["tiers"].values())]}
-    man = {"format": "stage1_cascade.assets/1", "seed": seed, "seeds": seeds, "synthetic": True,
-           "sizes": {"train": n_train, "cal": n_cal, "test": n_test, "boxes": n_boxes}, "generate_s": round(gen_s, 1),
-           "models": info, "stacker": asdict(stage.stacker), "metrics": metrics, "files_bytes": files,
-           "total_bytes": sum(files.values()), "member_eval_s_per_image": round(member_s / max(1, n_test), 4),
-           "standin_tiers": {k: v["file"] for k, v in sman["tiers"].items()},
-           "total_s": round(time.perf_counter() - t_all, 1), "torch_threads": torch.get_num_threads()}
-    atomic_write_json(s1/"manifest.json", man)
+    y = {"cal": np.array([s.label for s in cal]), "test": np.array([s.label for s in test_set])}
+    new = out/"stage1.new"; shutil.rmtree(new, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="s1c-candidates-") as work:
+        dets, models = {}, {}
+        for c in names: dets[c], models[c] = _train_candidate(c, Path(work), train, box_pool, seed, cnn_epochs, yolo_epochs, hf_steps, log)
+        P = {"cal": np.stack([dets[c].predict_many(cal_imgs) for c in names], 1),
+             "test": np.stack([dets[c].predict_many(test_imgs) for c in names], 1)}
+        sel = select_members(names, P["cal"], y["cal"], margin=margin, folds=folds, seed=seed); kept = sel["kept"]
+        log(f"kept {kept}: {sel['reasons']}")
+        for i, c in enumerate(names):
+            alone = LogitStacker.fit([c], P["cal"][:, [i]], y["cal"])
+            models[c].update(kept=c in kept, reason=sel["reasons"][c], cal_auc=binary_metrics(y["cal"], P["cal"][:, i])["auc"],
+                             cv_auc_alone=round(sel["alone"][c], 4), cv_auc_gain=None if sel["gain"][c] is None else round(sel["gain"][c], 4),
+                             test=binary_metrics(y["test"], alone(P["test"][:, [i]])), ms_per_image=_ms_per_image(dets[c], test_imgs))
+        idx = [names.index(k) for k in kept]
+        stage = Stage1([dets[k] for k in kept], LogitStacker.fit(kept, P["cal"][:, idx], y["cal"]), meta={"seed": seed, "seeds": seeds})
+        every = LogitStacker.fit(names, P["cal"], y["cal"])  # for comparison only: the stack of every candidate
+        scores = {s: {**{c: P[s][:, i] for i, c in enumerate(names)}, "stage1_fused": stage.stacker(P[s][:, idx]),
+                      "all_candidates_fused": every(P[s])} for s in ("test", "cal")}
+        metrics = {s: {k: binary_metrics(y[s], p) for k, p in scores[s].items()} for s in scores}
+        stage.save(new)
+    check = _check_block(test_set, {k: scores["test"][k] for k in [*kept, "stage1_fused"]}, seeds["test"])
+    man = _write_manifest(new, "stage1", seed, {"train": n_train, "cal": n_cal, "test": n_test, "boxes": n_boxes}, gen_s, models, metrics,
+                          check, [*(models[k]["file"] for k in kept), "stage1.json"], t_all,
+                          members=kept, selection={k: sel[k] for k in ("metric", "folds", "margin", "cv_auc")},
+                          stacker=asdict(stage.stacker), stage1_ms_per_image=round(sum(models[k]["ms_per_image"] for k in kept), 1))
+    _replace_dir(new, out/"stage1")
+    log(f"Stage 1 = {kept}: held-out {metrics['test']['stage1_fused']} ({man['total_s']:.0f} s)")
+    if standins: build_standins(out, seed, standin_specs, n_train=n_train, n_boxes=n_boxes, n_extra=n_extra, n_test=n_test, stage1_dir=out/"stage1", log=log)
     return man
