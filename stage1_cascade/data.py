@@ -181,6 +181,7 @@ def to_rgb(img:Image.Image # any mode
 def load_image(src, # bytes, a path, a base64 string or data URL, or a PIL image
                max_pixels:int=MAX_PIXELS, # pixel cap, checked from the header before decoding
                formats:Sequence[str]|None=IMAGE_FORMATS, # allowed encoded formats (None: any Pillow reads)
+               as_validator:bool=False, # decode as the validator's cache does: no EXIF rotation, alpha dropped by `convert("RGB")`
               )->Image.Image:
     "Decode and validate `src` into an RGB image with EXIF orientation applied, or raise `InvalidImage`."
     if isinstance(src, Image.Image): img, data = src, None
@@ -219,6 +220,7 @@ def load_image(src, # bytes, a path, a base64 string or data URL, or a PIL image
                                                  "not enough", "incomplete"))
             raise InvalidImage("truncated" if cut else "corrupt",
                                f"{img.format} {w}x{h}, {len(data)} bytes: pixel data does not decode: {msg}") from None
+    if as_validator: return img if img.mode == "RGB" else img.convert("RGB")
     try: img = ImageOps.exif_transpose(img)
     except Exception: pass  # a damaged EXIF block does not make the pixels unusable
     return to_rgb(img)
@@ -377,7 +379,7 @@ def augment(img, # a PIL image (or anything `load_image` reads)
             params:dict|None=None # replay these draws (`augment_params`' format) instead of drawing from `seed`
            )->Image.Image:
     "`img` as one NATIX validator augmentation: pixel for pixel what the validator makes from the same draws."
-    img = load_image(img) if not (isinstance(img, Image.Image) and img.mode == "RGB") else img
+    img = img if isinstance(img, Image.Image) and img.mode == "RGB" else load_image(img, as_validator=True)  # its ConvertToRGB
     p = augment_params(img.size, level, seed, point) if params is None else params
     lv = p.get("level")
     if lv not in (0, 1, 2, 3): raise AugmentError(f"params level {lv!r}; allowed: 0, 1, 2, 3")

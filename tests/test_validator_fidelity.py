@@ -303,3 +303,19 @@ def test_draws_follow_the_validator():
     np.testing.assert_allclose([(sev == v).mean() for v in (0, 1, 2)], [1 / 3] * 3, atol=0.03)
     levels = [augment_params((W, H), None, s)["level"] for s in range(n)]
     np.testing.assert_allclose(np.bincount(levels, minlength=4) / n, [0.25] * 4, atol=0.04)
+
+
+def test_alpha_dropped_and_exif_ignored_like_the_validator():
+    "The validator's ConvertToRGB is PIL's convert('RGB') on the cached image: alpha dropped (not laid on white), EXIF orientation not applied."
+    a = np.asarray(SCENE).copy()
+    rgba = np.dstack([a, np.full(a.shape[:2], 255, np.uint8)]); rgba[:, : a.shape[1] // 2, 3] = 0  # left half transparent
+    img = Image.fromarray(rgba, "RGBA")
+    ref = ref_bytes(ref_level0(img))
+    assert challenge_jpeg(img, 0) == ref
+    b = io.BytesIO(); img.save(b, format="PNG")
+    assert challenge_jpeg(b.getvalue(), 0) == ref  # the same from encoded bytes
+    exif = Image.Exif(); exif[0x0112] = 6  # "rotate 90 on display": the validator does not
+    j = io.BytesIO(); SCENE.save(j, format="JPEG", quality=95, exif=exif)
+    cached = Image.open(io.BytesIO(j.getvalue()))
+    assert challenge_jpeg(j.getvalue(), 0) == ref_bytes(ref_level0(cached))
+    assert Image.open(io.BytesIO(challenge_jpeg(j.getvalue(), 0))).size == (SIZE, SIZE)
