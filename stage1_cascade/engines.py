@@ -33,12 +33,14 @@ from .data import InvalidImage, load_image, to_jpeg
 
 # %% auto #0
 __all__ = ['ROADWORK_PROMPT', 'YES_WORDS', 'NO_WORDS', 'YES_SPELLINGS', 'NO_SPELLINGS', 'FINISH_REASONS', 'STANDIN_OWNER',
-           'GARBAGE_ANSWERS', 'QWEN_SPECIAL', 'TINY_CHAT_TEMPLATE', 'VLMError', 'VLMUnavailable', 'VLMBadResponse',
-           'VLMRequestError', 'norm_token', 'yes_no_probs', 'p_from_top_logprobs', 'parse_answer_text',
-           'image_jpeg_bytes', 'image_data_url', 'VLMAnswer', 'answer_from_response', 'VLMClient', 'AsyncVLMClient',
-           'FaultConfig', 'BackendAnswer', 'Backend', 'ScorerBackend', 'orange_share', 'orange_scorer', 'get_scorer',
-           'VLLMMetrics', 'parse_metrics', 'metric_total', 'decode_data_url', 'make_standin_app', 'StandinServer',
-           'serve_standin', 'ServerManager', 'bench_server', 'build_tiny_qwen2vl', 'QwenVLBackend']
+           'DEFAULT_MAX_BODY_BYTES', 'MAX_N_SEQUENCES', 'GARBAGE_ANSWERS', 'QWEN_SPECIAL', 'TINY_CHAT_TEMPLATE',
+           'VLMError', 'VLMUnavailable', 'VLMBadResponse', 'VLMRequestError', 'norm_token', 'yes_no_probs',
+           'p_from_top_logprobs', 'parse_answer_text', 'image_jpeg_bytes', 'image_data_url', 'VLMAnswer',
+           'answer_from_response', 'VLMClient', 'AsyncVLMClient', 'FaultConfig', 'BackendAnswer', 'Backend',
+           'ScorerBackend', 'orange_share', 'orange_scorer', 'get_scorer', 'VLLMMetrics', 'parse_metrics',
+           'metric_total', 'read_json_body', 'ChatMessage', 'ChatRequest', 'CompletionRequest', 'read_request',
+           'decode_data_url', 'make_standin_app', 'StandinServer', 'serve_standin', 'ServerManager', 'bench_server',
+           'build_tiny_qwen2vl', 'QwenVLBackend']
 
 # %% ../nbs/02_engines.ipynb #70b9b83c
 class VLMError(S1CError):
@@ -496,6 +498,10 @@ def metric_total(
     return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
 
 # %% ../nbs/02_engines.ipynb #33bf66f9
+import functools
+import json
+from http import HTTPStatus
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -507,42 +513,225 @@ def _err(status:int, message:str, etype:str="BadRequestError", param:str|None=No
     "An error in vLLM's envelope."
     return JSONResponse({"error": {"message": message, "type": etype, "param": param, "code": status}}, status_code=status)
 
-class _BadRequest(Exception):
-    def __init__(self, msg, param=None): super().__init__(msg); self.param = param
+class _RequestError(Exception):
+    "A request the stand-in refuses; `.response()` is vLLM's answer to it. Not a ValueError, so pydantic lets it through."
+    status, etype = 400, "BadRequestError"
+    def __init__(self, msg:str, param:str|None=None): super().__init__(msg); self.param = param
+    def response(self)->JSONResponse: return _err(self.status, str(self), self.etype, self.param)
+
+class _BadRequest(_RequestError):
+    "vLLM's `VLLMValidationError`: 400 BadRequestError, the message ending in '(parameter=..., value=...)'."
+    def __init__(self, msg:str, param:str|None=None, value=None): super().__init__(msg, param); self.value = value
+    def __str__(self):
+        extra = ", ".join(f"{k}={v}" for k, v in (("parameter", self.param), ("value", self.value)) if v is not None)
+        return f"{self.args[0]} ({extra})" if extra else self.args[0]
+
+class _NotFound(_RequestError): status, etype = 404, "NotFoundError"
+class _TooLarge(_RequestError): status, etype = 413, HTTPStatus(413).phrase
+class _Unparsable(_RequestError): etype = HTTPStatus.BAD_REQUEST.phrase  # FastAPI's 'error parsing the body'
+
+# %% ../nbs/02_engines.ipynb #bd899c54
+_LOC_MARKERS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "nullable", "union", "tagged-union", "default",
+                          "chain", "lax-or-strict", "json-or-python", "function-after", "function-before", "function-wrap", "function-plain"})
+
+def _field_path(loc)->str:
+    "A pydantic `loc` as a dotted field path, without pydantic's union-branch and validator markers."
+    keep = [str(p) for p in loc if not (set(str(p)) & set("[](){}") or str(p).lower() in _LOC_MARKERS)]
+    return ".".join(keep or map(str, loc))
+
+def _echo(v, cap:int=200)->str:
+    "An offending value as vLLM echoes it: text cut at `cap` characters, containers described, never rendered."
+    if isinstance(v, (list, tuple, set, frozenset, dict)): return f"<{type(v).__name__} of {len(v)} items>"
+    if isinstance(v, (bytes, bytearray)): return f"<{type(v).__name__} of {len(v)} bytes>"
+    s = v if isinstance(v, str) else str(v)
+    return s if len(s) <= cap else s[:cap] + "...[truncated]"
+
+class _InvalidBody(_RequestError):
+    "A body that fails the request's types (FastAPI's RequestValidationError), answered as vLLM does."
+    etype = HTTPStatus.BAD_REQUEST.phrase
+    def __init__(self, errors:list, max_listed:int=10):
+        def line(e):
+            if not isinstance(e, Mapping): return str(e)
+            s = str({**e, "loc": _field_path(e.get("loc", ())), **({"input": _echo(e["input"])} if "input" in e else {})})
+            return s if len(s) <= 1000 else s[:1000] + "...[truncated]"
+        n, first = len(errors), (errors[0] if errors else None)
+        lines = [f"  {line(e)}" for e in errors[:max_listed]] + ([f"  ...and {n - max_listed} more errors"] if n > max_listed else [])
+        msg = (f"{n} validation error{'s' if n != 1 else ''}:\n" + "\n".join(lines)) if n else "Validation error"
+        super().__init__(msg, _field_path(first["loc"]) if isinstance(first, Mapping) and first.get("loc") else None)
+
+    @classmethod
+    def of(cls, e)->"_InvalidBody":
+        "From a pydantic `ValidationError` of the body (FastAPI puts 'body' in front of every loc)."
+        return cls([{**d, "loc": ("body", *d["loc"])} for d in e.errors(include_url=False)])
+
+# %% ../nbs/02_engines.ipynb #49143103
+from .data import MAX_BYTES
+
+DEFAULT_MAX_BODY_BYTES = 4 * -(-MAX_BYTES // 3) + 2**20
+"Default cap on a request body: the base64 text of the largest image `load_image` takes (`data.MAX_BYTES`) plus 1 MiB of JSON."
+
+async def read_json_body(
+    request:Request, # The incoming request
+    max_body_bytes:int=DEFAULT_MAX_BODY_BYTES, # A longer body is refused (413) before it is held in memory
+):
+    "The request's JSON value, or the `_RequestError` vLLM's server answers a body it cannot read with."
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body_bytes:  # refused from the header: not one byte of it is read
+        raise _TooLarge(f"request body of {int(declared)} bytes is over this server's cap of {max_body_bytes} bytes "
+                        "(max_body_bytes): send a smaller image")
+    if request.headers.get("content-type", "").lower().split(";", 1)[0] != "application/json":
+        raise _InvalidBody(["Unsupported Media Type: Only 'application/json' is allowed"])
+    chunks, size = [], 0
+    async for chunk in request.stream():  # a chunked upload has no length: count while reading
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise _TooLarge(f"request body is over this server's cap of {max_body_bytes} bytes (max_body_bytes; refused "
+                            f"after {size} bytes of a body sent without a length): send a smaller image")
+        chunks.append(chunk)
+    raw = b"".join(chunks); del chunks
+    if not raw: raise _InvalidBody([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    try: text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads decodes bytes
+    except UnicodeDecodeError: raise _Unparsable("There was an error parsing the body") from None
+    del raw  # from here on one copy of the body is held, not two
+    try: return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _InvalidBody([{"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error", "input": {},
+                             "ctx": {"error": e.msg}}]) from None
+    except (ValueError, RecursionError): raise _Unparsable("There was an error parsing the body") from None
+
+# %% ../nbs/02_engines.ipynb #f57923f5
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown fields pass and are ignored, as in vLLM (which logs them)
+
+class ChatMessage(_Lenient):
+    "One chat turn: a role and a text or a list of content parts (the parts are checked when read, as vLLM does)."
+    role: str
+    content: str|list[Any]|None = None
+
+_INT64 = dict(ge=-2**63, le=2**63 - 1)
+
+class ChatRequest(_Lenient):
+    "The chat-request fields the stand-in reads, with vLLM 0.33's types: the same values pass or fail (`max_tokens='5'` passes)."
+    messages: list[ChatMessage]
+    model: str|None = None  # missing or null: the served model
+    logprobs: bool|None = False
+    top_logprobs: int|None = 0
+    max_tokens: int|None = None  # deprecated by OpenAI for max_completion_tokens; still read
+    max_completion_tokens: int|None = None
+    n: int|None = 1
+    temperature: float|None = None
+    seed: int|None = Field(None, **_INT64)
+    stream: bool|None = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _logprob_rules(cls, data):  # vLLM checks these on the raw body, before the field types
+        if isinstance(data, dict) and (k := data.get("top_logprobs")) is not None:
+            if not isinstance(k, (int, float)): raise _BadRequest("`top_logprobs` must be an integer.", "top_logprobs", k)
+            if k < 0 and k != -1: raise _BadRequest("`top_logprobs` must be a positive value or -1.", "top_logprobs", k)
+            if k != 0 and not data.get("logprobs"):
+                raise _BadRequest("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
+        return data
+
+class CompletionRequest(_Lenient):
+    "The completion-request fields the stand-in reads, with vLLM 0.33's types."
+    model: str|None = None
+    prompt: str|list[Any]|None = None
+    logprobs: int|None = None
+    max_tokens: int|None = 16
+    n: int = 1
+    temperature: float|None = None
+    seed: int|None = Field(None, **_INT64)
+    stream: bool|None = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _raw_rules(cls, data):
+        if not isinstance(data, dict): return data
+        if (k := data.get("logprobs")) is not None:
+            if not isinstance(k, (int, float)): raise _BadRequest("`logprobs` must be an integer.", "logprobs", k)
+            if k < 0 and k != -1: raise _BadRequest("`logprobs` must be a positive value or -1.", "logprobs", k)
+        if not data.get("prompt"): raise _BadRequest("Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
+        return data
+
+async def read_request(
+    request:Request, # The incoming request
+    schema:type[BaseModel], # `ChatRequest` or `CompletionRequest`
+    max_body_bytes:int=DEFAULT_MAX_BODY_BYTES, # Body cap (413 above it)
+):
+    "The request body read (`read_json_body`) and validated against `schema`, or the `_RequestError` vLLM answers it with."
+    body = await read_json_body(request, max_body_bytes)
+    try: return schema.model_validate(body)
+    except ValidationError as e: raise _InvalidBody.of(e) from None
+
+# %% ../nbs/02_engines.ipynb #835551e5
+from openai.types.chat import ChatCompletionContentPartImageParam
 
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.S)
+_IMAGE_PART = TypeAdapter(ChatCompletionContentPartImageParam)  # the OpenAI part type vLLM checks an image_url part against
 
 def decode_data_url(
     url:str # 'data:image/<type>;base64,<payload>'
 )->Image.Image:
     "The RGB image inside a base64 data URL (`_BadRequest` naming what is wrong otherwise)."
-    m = _DATA_URL.match(url or "")
-    if not m: raise _BadRequest(f"image_url must be a data URL 'data:image/<type>;base64,...' (got {str(url)[:40]!r}); "
+    m = _DATA_URL.match(url) if isinstance(url, str) else None
+    if not m: raise _BadRequest(f"image_url must be a data URL 'data:image/<type>;base64,...' (got {_echo(url, 40)!r}); "
                                 "this stand-in fetches nothing from the network", "messages")
     try: raw = base64.b64decode(m.group(1), validate=True)
     except (binascii.Error, ValueError) as e: raise _BadRequest(f"image data URL holds invalid base64: {e}", "messages") from None
     try: return load_image(raw)
     except InvalidImage as e: raise _BadRequest(f"cannot use the image in the data URL: {e}", "messages") from None
 
-def _split_messages(messages)->tuple[list[Image.Image], str]:
-    "Images and the concatenated text of a chat `messages` list (vLLM's content-part format)."
-    if not isinstance(messages, list) or not messages: raise _BadRequest("messages must be a non-empty list", "messages")
+def _part_image_url(part:Mapping):
+    "The URL of an image part: typed parts as vLLM checks them (its 400 names the pydantic error), untyped `{'image_url': ...}` too."
+    if part.get("type") is None:
+        u = part["image_url"]
+        return u.get("url") if isinstance(u, Mapping) else u
+    try: return _IMAGE_PART.validate_python(part)["image_url"]["url"]
+    except ValidationError as e: raise _BadRequest(str(e)) from None
+
+def _split_messages(messages:list[ChatMessage])->tuple[list[Image.Image], str]:
+    "Images and the concatenated text of validated chat messages (vLLM's content-part format)."
     images, texts = [], []
     for i, msg in enumerate(messages):
-        if not isinstance(msg, Mapping) or "role" not in msg: raise _BadRequest(f"messages[{i}] must be an object with a role", "messages")
-        content = msg.get("content")
-        if isinstance(content, str): texts.append(content); continue
-        if content is None: continue
-        if not isinstance(content, list): raise _BadRequest(f"messages[{i}].content must be a string or a list of parts", "messages")
-        for part in content:
-            t = part.get("type") if isinstance(part, Mapping) else None
-            if t == "text": texts.append(str(part.get("text", "")))
-            elif t == "image_url":
-                iu = part.get("image_url")
-                images.append(decode_data_url(iu.get("url") if isinstance(iu, Mapping) else iu))
-            else: raise _BadRequest(f"messages[{i}] has a content part of type {t!r}: allowed 'text', 'image_url'", "messages")
+        if msg.content is None: continue
+        if isinstance(msg.content, str): texts.append(msg.content); continue
+        for j, part in enumerate(msg.content):
+            if isinstance(part, str): texts.append(part); continue
+            if not isinstance(part, Mapping):
+                raise _BadRequest(f"messages[{i}].content[{j}] is {_echo(part, 40)!r}: a content part is an object or a string", "messages")
+            t = part.get("type")
+            if t is None and "image_url" not in part: raise _BadRequest("Missing 'type' field in multimodal part.", "type")
+            if t is not None and not isinstance(t, str): raise _BadRequest("Invalid 'type' field in multimodal part.", "type")
+            if t == "text":
+                if part.get("text") is None: continue  # vLLM skips a text part without text
+                if not isinstance(part["text"], str): raise _BadRequest(f"messages[{i}].content[{j}].text must be a string", "messages")
+                texts.append(part["text"])
+            elif t in (None, "image_url"): images.append(decode_data_url(_part_image_url(part)))
+            else: raise _BadRequest(f"Unsupported chat content part type: {t!r}. Supported types: image_url, text.", "type", t)
     return images, "\n".join(texts)
 
+# %% ../nbs/02_engines.ipynb #e5fc8b5a
+MAX_N_SEQUENCES = 16384
+"vLLM's default `VLLM_MAX_N_SEQUENCES`: the most choices (`n`) one request may ask for."
+
+def _check_sampling(n:int, temperature:float, max_tokens:int|None, max_tokens_field:str, max_model_len:int):
+    "vLLM's rules (its SamplingParams and TokenizeParams) for the sampling fields the stand-in reads; `_BadRequest` names the first broken."
+    if max_tokens is not None and max_tokens > max_model_len:
+        raise _BadRequest(f"{max_tokens_field}={max_tokens} cannot be greater than max_model_len={max_model_len}. "
+                          "Please request fewer output tokens.", max_tokens_field, max_tokens)
+    if n < 1: raise _BadRequest(f"n must be at least 1, got {n}.")
+    if n > MAX_N_SEQUENCES: raise _BadRequest(f"n must be at most {MAX_N_SEQUENCES}, got {n}. To increase this limit, "
+                                              "set the VLLM_MAX_N_SEQUENCES environment variable.")
+    for ok, rule in ((math.isfinite(temperature), "a finite number"), (temperature >= 0, "non-negative"), (temperature <= 2, "in [0, 2]")):
+        if not ok: raise _BadRequest(f"temperature must be {rule}, got {temperature}.", "temperature", temperature)
+    if max_tokens is not None and max_tokens < 1:
+        raise _BadRequest(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens", max_tokens)
+    if temperature < 1e-5 and n > 1: raise _BadRequest(f"n must be 1 when using greedy sampling, got {n}.")
+
+# %% ../nbs/02_engines.ipynb #688159f6
 def _lp_entry(tok:str, lp:float)->dict:
     return {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8"))}
 
@@ -566,6 +755,7 @@ def make_standin_app(
     max_logprobs:int=20, # Cap on top_logprobs (vLLM's --max-logprobs)
     max_model_len:int=4096, # Reported on the model card
     kv_capacity_tokens:int=65536, # Simulated KV capacity behind vllm:kv_cache_usage_perc
+    max_body_bytes:int=DEFAULT_MAX_BODY_BYTES, # Longer request bodies are refused (413) before they are read
 )->FastAPI:
     "A FastAPI app speaking vLLM's OpenAI-compatible API, answering from `scorer` (a stand-in, and it says so)."
     backend = scorer if hasattr(scorer, "answer") else ScorerBackend(scorer)
@@ -582,7 +772,20 @@ def make_standin_app(
     @app.exception_handler(RequestValidationError)
     async def _validation(request, exc):  # vLLM answers 400 (not FastAPI's 422) for a malformed request
         st.counts["bad_request"] += 1
-        return _err(400, f"invalid request: {exc.errors()[:3]}")
+        return _InvalidBody(exc.errors()).response()
+
+    def _answers(route):
+        "A route that answers a refused request as vLLM does and an unexpected failure with vLLM's 500 envelope (never a reset connection)."
+        @functools.wraps(route)
+        async def answered(request: Request):
+            try: return await route(request)
+            except _RequestError as e:
+                st.counts["bad_request"] += 1
+                return e.response()
+            except Exception as e:
+                st.counts["error"] += 1; st.metrics.success("error")
+                return _err(500, f"the stand-in failed on this request: {type(e).__name__}: {e}", "InternalServerError")
+        return answered
 
     @app.get("/health")
     async def health(): return Response(status_code=503 if st.faults.dead else 200, headers=hdr)
@@ -604,23 +807,12 @@ def make_standin_app(
     async def get_faults(): return {"faults": asdict(st.faults), "counts": st.counts}
 
     @app.post("/_admin/faults")
+    @_answers
     async def set_faults(request: Request):
-        try: new = FaultConfig(**{**asdict(st.faults), **(await request.json())})
+        try: new = FaultConfig(**{**asdict(st.faults), **(await read_json_body(request, max_body_bytes))})
         except (TypeError, ValueError) as e: return _err(400, f"bad fault settings: {e}")
         with st.lock: st.faults, st.rng = new, random.Random(new.seed)
         return {"faults": asdict(new)}
-
-    def _check_common(body)->tuple[int, int, float, int|None]:
-        if not isinstance(body, Mapping): raise _BadRequest("request body must be a JSON object")
-        if body.get("stream"): raise _BadRequest("stream=true is not supported by this stand-in", "stream")
-        mt = body.get("max_completion_tokens", body.get("max_tokens"))
-        mt = 16 if mt is None else mt
-        if not isinstance(mt, int) or mt < 1: raise _BadRequest(f"max_completion_tokens={mt!r}: must be an integer >= 1", "max_completion_tokens")
-        n = body.get("n", 1)
-        if not isinstance(n, int) or not 1 <= n <= 8: raise _BadRequest(f"n={n!r}: allowed 1..8", "n")
-        temp = body.get("temperature", 1.0)
-        if not isinstance(temp, (int, float)) or temp < 0: raise _BadRequest(f"temperature={temp!r}: must be >= 0", "temperature")
-        return mt, n, float(temp), body.get("seed")
 
     async def _faulted(request, t_arrival):
         "Draw this request's fault; returns a Response for error/drop, 'garbage', or None."
@@ -655,34 +847,31 @@ def make_standin_app(
                 with st.lock:
                     st.running_tokens -= est; m.kv_usage.set(min(1.0, st.running_tokens / kv_capacity_tokens))
 
-    async def _read_request(request):
-        "The JSON body and its common sampling fields (`_BadRequest` when malformed)."
-        try: body = await request.json()
-        except ValueError: raise _BadRequest("request body is not valid JSON")
-        return (body, *_check_common(body))
+    def _check_model(name:str|None):  # vLLM: no model (or an empty one) means the served model
+        if name and name != model_name:
+            raise _NotFound(f"The model `{name}` does not exist. Valid aliases: {model_name}.", "model")
 
-    def _unknown_model(body): return _err(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError", "model")
+    def _check_logprobs(k:int):  # vLLM's engine-side cap (--max-logprobs)
+        if k > max_logprobs: raise _BadRequest(f"Requested sample logprobs of {k}, which is greater than max allowed: {max_logprobs}", "logprobs", k)
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request):
+    @_answers
+    async def chat(request: Request):  # checks in vLLM's order: body, types, model, content parts, sampling
         t_arrival = time.perf_counter(); st.counts["requests"] += 1
-        try:
-            body, mt, n, temp, seed = await _read_request(request)
-            if body.get("model") != model_name: return _unknown_model(body)
-            want_lp = bool(body.get("logprobs", False))
-            k = body.get("top_logprobs")
-            if k is not None:
-                if not want_lp: raise _BadRequest("when using `top_logprobs`, `logprobs` must be set to true", "top_logprobs")
-                if not isinstance(k, int) or not (0 <= k <= max_logprobs or k == -1):
-                    raise _BadRequest(f"top_logprobs={k!r}: allowed 0..{max_logprobs} (--max-logprobs) or -1 (all)", "top_logprobs")
-                if k == -1: k = 1 << 20  # vLLM: the whole vocabulary
-            images, text = _split_messages(body.get("messages"))
-            if not images and not getattr(backend, "text_only_ok", False):
-                raise _BadRequest("no image in the request: this stand-in answers about one image_url part per request", "messages")
-            if len(images) > 1: raise _BadRequest(f"{len(images)} images in the request: at most 1 per prompt (--limit-mm-per-prompt)", "messages")
-        except _BadRequest as e:
-            st.counts["bad_request"] += 1
-            return _err(400, str(e), param=e.param)
+        req = await read_request(request, ChatRequest, max_body_bytes)
+        _check_model(req.model)
+        if req.stream: raise _BadRequest("stream=true is not supported by this stand-in", "stream")
+        images, text = _split_messages(req.messages)
+        if not images and not getattr(backend, "text_only_ok", False):
+            raise _BadRequest("no image in the request: this stand-in answers about one image_url part per request", "messages")
+        if len(images) > 1: raise _BadRequest(f"{len(images)} images in the request: at most 1 per prompt (--limit-mm-per-prompt)", "messages")
+        mt_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        mt, n, temp, seed = getattr(req, mt_field), 1 if req.n is None else req.n, 1.0 if req.temperature is None else req.temperature, req.seed
+        _check_sampling(n, temp, mt, mt_field, max_model_len)
+        want_lp, k = bool(req.logprobs), (req.top_logprobs or 0) if req.logprobs else 0
+        if k == -1: k = 1 << 20  # vLLM: the whole vocabulary
+        else: _check_logprobs(k)
+        mt = 16 if mt is None else mt
         fault = await _faulted(request, t_arrival)
         if isinstance(fault, Response): return fault
         try: ans, t_start = await _run_backend(images, text, max(k or 0, 1), temp, seed, t_arrival)
@@ -716,21 +905,21 @@ def make_standin_app(
                              "ec_transfer_params": None, "metrics": None}, headers=hdr)
 
     @app.post("/v1/completions")
+    @_answers
     async def completions(request: Request):
         t_arrival = time.perf_counter(); st.counts["requests"] += 1
-        try:
-            body, mt, n, temp, seed = await _read_request(request)
-            if body.get("model") != model_name: return _unknown_model(body)
-            prompt = body.get("prompt")
-            if not isinstance(prompt, str): raise _BadRequest("prompt must be a string", "prompt")
-            if not getattr(backend, "text_only_ok", False):
-                raise _BadRequest(f"backend {backend.name!r} needs an image: use /v1/chat/completions with an image_url part", "prompt")
-            k = body.get("logprobs")
-            if k is not None and (not isinstance(k, int) or not 0 <= k <= max_logprobs):
-                raise _BadRequest(f"logprobs={k!r}: allowed 0..{max_logprobs}", "logprobs")
-        except _BadRequest as e:
-            st.counts["bad_request"] += 1
-            return _err(400, str(e), param=e.param)
+        req = await read_request(request, CompletionRequest, max_body_bytes)
+        _check_model(req.model)
+        if req.stream: raise _BadRequest("stream=true is not supported by this stand-in", "stream")
+        prompt = req.prompt
+        if not isinstance(prompt, str): raise _BadRequest("this stand-in reads one prompt string (no token ids, no lists)", "prompt")
+        if not getattr(backend, "text_only_ok", False):
+            raise _BadRequest(f"backend {backend.name!r} needs an image: use /v1/chat/completions with an image_url part", "prompt")
+        temp, k = 1.0 if req.temperature is None else req.temperature, req.logprobs
+        _check_sampling(req.n, temp, req.max_tokens, "max_tokens", max_model_len)
+        if k == -1: k = 1 << 20  # vLLM: the whole vocabulary
+        elif k is not None: _check_logprobs(k)
+        seed = req.seed
         fault = await _faulted(request, t_arrival)
         if isinstance(fault, Response): return fault
         ans, _ = await _run_backend([], prompt, max(k or 0, 1), temp, seed, t_arrival)
@@ -746,6 +935,7 @@ def make_standin_app(
     return app
 
 # %% ../nbs/02_engines.ipynb #2ecfae37
+import os
 import uvicorn
 
 def _bound_socket(host:str, port:int)->socket.socket:
@@ -758,9 +948,9 @@ def _bound_socket(host:str, port:int)->socket.socket:
     s.listen(128); s.set_inheritable(True)
     return s
 
-def _serve_child(spec, model_name, faults, sock, max_num_seqs):  # target of the spawned process
+def _serve_child(spec, model_name, faults, sock, max_num_seqs, max_body_bytes):  # target of the spawned process
     scorer = get_scorer(spec) if isinstance(spec, str) else spec
-    app = make_standin_app(scorer, model_name, faults, max_num_seqs=max_num_seqs)
+    app = make_standin_app(scorer, model_name, faults, max_num_seqs=max_num_seqs, max_body_bytes=max_body_bytes)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", http="h11", lifespan="off")).run(sockets=[sock])
 
 class StandinServer:
@@ -773,8 +963,10 @@ class StandinServer:
                  host:str="127.0.0.1",
                  spawn:bool=False, # True: run in a child process (scorer must be a spec string or picklable)
                  max_num_seqs:int=4, # Concurrent requests
-                 startup_timeout_s:float=60.0): # How long to wait for /health
+                 startup_timeout_s:float=60.0, # How long to wait for /health
+                 max_body_bytes:int=DEFAULT_MAX_BODY_BYTES): # Request bodies over this are refused (413) unread
         self.scorer,self.model_name,self.faults,self.host,self.spawn = scorer,model_name,faults,host,spawn
+        self.max_body_bytes = max_body_bytes
         self.max_num_seqs,self.startup_timeout_s,self._port = max_num_seqs,startup_timeout_s,port
         self._server = self._thread = self._proc = self._sock = None
         self.app = None
@@ -795,11 +987,12 @@ class StandinServer:
         if self.spawn:
             ctx = multiprocessing.get_context("spawn")
             self._proc = ctx.Process(target=_serve_child, daemon=True,
-                                     args=(self.scorer, self.model_name, self.faults, self._sock, self.max_num_seqs))
+                                     args=(self.scorer, self.model_name, self.faults, self._sock, self.max_num_seqs, self.max_body_bytes))
             self._proc.start()
         else:
             scorer = get_scorer(self.scorer) if isinstance(self.scorer, str) else self.scorer
-            self.app = make_standin_app(scorer, self.model_name, self.faults, max_num_seqs=self.max_num_seqs)
+            self.app = make_standin_app(scorer, self.model_name, self.faults, max_num_seqs=self.max_num_seqs,
+                                        max_body_bytes=self.max_body_bytes)
             self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", http="h11", lifespan="off"))
             self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                             daemon=True, name=f"standin-{self.model_name}")
@@ -854,6 +1047,11 @@ class StandinServer:
         self._server = self._thread = None
 
     @property
+    def pid(self)->int:
+        "The process that serves: the spawned child, or this process for a server in a thread (to read its memory use)."
+        return self._proc.pid if self._proc is not None else os.getpid()
+
+    @property
     def alive(self)->bool:
         "True while the server process/thread runs."
         if self._proc is not None: return self._proc.is_alive()
@@ -869,11 +1067,12 @@ def serve_standin(
     host:str="127.0.0.1",
     port:int=8000,
     faults:FaultConfig|None=None, # Faults to inject
-    max_num_seqs:int=4
+    max_num_seqs:int=4,
+    max_body_bytes:int=DEFAULT_MAX_BODY_BYTES, # Request bodies over this are refused (413) unread
 ):
     "Run a stand-in vLLM server in the foreground until interrupted."
     backend = QwenVLBackend(scorer.split(":", 1)[1]) if scorer.startswith("qwen:") else get_scorer(scorer)
-    uvicorn.run(make_standin_app(backend, model_name, faults, max_num_seqs=max_num_seqs), host=host, port=port,
+    uvicorn.run(make_standin_app(backend, model_name, faults, max_num_seqs=max_num_seqs, max_body_bytes=max_body_bytes), host=host, port=port,
                 log_level="info", http="h11", lifespan="off")
 
 # %% ../nbs/02_engines.ipynb #c805722a

@@ -1,6 +1,8 @@
-"The vLLM stand-in over real HTTP: the official openai client, faults, metrics, concurrency, a killed process."
-import base64, io, math, socket, threading, time
+"The vLLM stand-in over real HTTP: the official openai client, vLLM's answers to malformed bodies, the body cap, faults, metrics, concurrency, a killed process."
+import base64, io, json, math, socket, threading, time
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from pathlib import Path
 
 import httpx
 import openai
@@ -8,8 +10,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from stage1_cascade.data import load_image
-from stage1_cascade.engines import (FaultConfig, ServerManager, StandinServer, STANDIN_OWNER, VLMBadResponse, VLMClient,
-                                    VLMRequestError, VLMUnavailable, image_data_url, image_jpeg_bytes, metric_total,
+from stage1_cascade.engines import (DEFAULT_MAX_BODY_BYTES, FaultConfig, ServerManager, StandinServer, STANDIN_OWNER, VLMBadResponse,
+                                    VLMClient, VLMRequestError, VLMUnavailable, image_data_url, image_jpeg_bytes, metric_total,
                                     orange_scorer, p_from_top_logprobs, parse_metrics, ROADWORK_PROMPT)
 
 MODEL = "standin-test"
@@ -94,15 +96,17 @@ def test_client_matches_scorer_and_health(clean):
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,@@@"}}]}]}, 400, "invalid base64"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.jpg"}}]}]}, 400, "must be a data URL"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"hello world").decode()}}]}]}, 400, "cannot use the image"),
-    ({"messages": [{"role": "user", "content": [{"type": "audio", "x": 1}]}]}, 400, "allowed 'text', 'image_url'"),
-    ({"messages": []}, 400, "non-empty list"),
-    ({"messages": "hi"}, 400, "non-empty list"),
-    ({"model": "nope", "messages": []}, 404, "does not exist"),
-    ({"top_logprobs": 5}, 400, "`logprobs` must be set to true"),
-    ({"logprobs": True, "top_logprobs": 21}, 400, "allowed 0..20"),
+    ({"messages": [{"role": "user", "content": [{"type": "audio", "x": 1}]}]}, 400, "Unsupported chat content part type: 'audio'"),
+    ({"messages": []}, 400, "no image in the request"),   # vLLM takes an empty list; the stand-in then has no image
+    ({"messages": "hi"}, 400, "Input should be a valid list"),
+    ({"model": "nope", "messages": []}, 404, "The model `nope` does not exist. Valid aliases: standin-test."),
+    ({"top_logprobs": 5}, 400, "when using `top_logprobs`, `logprobs` must be set to true."),
+    ({"logprobs": True, "top_logprobs": 21}, 400, "Requested sample logprobs of 21, which is greater than max allowed: 20"),
     ({"stream": True}, 400, "stream=true"),
-    ({"max_completion_tokens": 0}, 400, "max_completion_tokens=0"),
-    ({"n": 0}, 400, "n=0"),
+    ({"max_completion_tokens": 0}, 400, "max_tokens must be at least 1, got 0."),
+    ({"n": 0}, 400, "n must be at least 1, got 0."),
+    ({"temperature": 2.5}, 400, "temperature must be in [0, 2], got 2.5."),
+    ({"max_completion_tokens": 5000}, 400, "max_completion_tokens=5000 cannot be greater than max_model_len=4096"),
 ])
 def test_bad_requests_vllm_error_shape(clean, body, status, needle):
     good = {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(CONE)}}]}]}
@@ -114,7 +118,143 @@ def test_bad_requests_vllm_error_shape(clean, body, status, needle):
 
 def test_non_json_body_is_400(clean):
     r = httpx.post(clean.url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["type"] == "Bad Request" and err["param"] == "body.1"
+    assert err["message"].startswith("1 validation error:\n  {'type': 'json_invalid', 'loc': 'body.1', 'msg': 'JSON decode error'")
+
+
+# --- malformed bodies, answered as vLLM 0.33.0 answers them, on a connection that stays open ---
+
+IMAGE_PART = {"type": "image_url", "image_url": {"url": image_data_url(CONE)}}
+GOOD = {"model": MODEL, "messages": [{"role": "user", "content": [IMAGE_PART]}]}
+JSON_CT = {"content-type": "application/json"}
+
+
+def with_part(part) -> dict:
+    return {**GOOD, "messages": [{"role": "user", "content": [part]}]}
+
+
+def client_port(r: httpx.Response) -> int:
+    "The local port of the connection that carried `r` (the same port = the same keep-alive connection)."
+    return r.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+
+# (case, request kwargs for httpx, status, error type, param, text in the message); statuses, types and params as
+# vLLM 0.33.0's request model and exception handlers give them for the same bodies
+MALFORMED = [
+    ("image_url is an int", {"json": with_part({"type": "image_url", "image_url": 5})}, 400, "BadRequestError", None,
+     "1 validation error for ChatCompletionContentPartImageParam\nimage_url\n  Input should be a valid dictionary"),
+    ("image_url is a list", {"json": with_part({"type": "image_url", "image_url": [image_data_url(CONE)]})}, 400, "BadRequestError", None,
+     "image_url\n  Input should be a valid dictionary"),
+    ("image_url without url", {"json": with_part({"type": "image_url", "image_url": {}})}, 400, "BadRequestError", None,
+     "image_url.url\n  Field required"),
+    ("content type text/plain", {"content": json.dumps(GOOD), "headers": {"content-type": "text/plain"}}, 400, "Bad Request", None,
+     "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed"),
+    ("messages not a list", {"json": {**GOOD, "messages": "hi"}}, 400, "Bad Request", "body.messages", "'msg': 'Input should be a valid list'"),
+    ("model not a string", {"json": {**GOOD, "model": 5}}, 400, "Bad Request", "body.model", "'msg': 'Input should be a valid string'"),
+    ("logprobs not a bool", {"json": {**GOOD, "logprobs": 2}}, 400, "Bad Request", "body.logprobs", "'type': 'bool_parsing'"),
+    ("max_tokens 1.5", {"json": {**GOOD, "max_tokens": 1.5}}, 400, "Bad Request", "body.max_tokens", "'type': 'int_from_float'"),
+    ("n=16 with greedy sampling", {"json": {**GOOD, "n": 16, "temperature": 0}}, 400, "BadRequestError", None,
+     "n must be 1 when using greedy sampling, got 16."),
+    ("body is a JSON list", {"json": [GOOD]}, 400, "Bad Request", "body", "Input should be a valid dictionary"),
+    ("unknown model", {"json": {**GOOD, "model": "gpt-9"}}, 404, "NotFoundError", "model",
+     f"The model `gpt-9` does not exist. Valid aliases: {MODEL}."),
+]
+
+
+@pytest.mark.parametrize("case,kw,status,etype,param,needle", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_body_gets_vllm_envelope_on_open_connection(clean, case, kw, status, etype, param, needle):
+    with httpx.Client(base_url=clean.url) as h:
+        before = h.post("/v1/chat/completions", json=GOOD)
+        r = h.post("/v1/chat/completions", **kw)
+        after = h.post("/v1/chat/completions", json=GOOD)
+        ports = [client_port(x) for x in (before, r, after)]
+    body = r.json()
+    assert r.status_code == status and set(body) == {"error"}
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert (err["type"], err["param"], err["code"]) == (etype, param, status) and needle in err["message"]
+    assert before.status_code == after.status_code == 200
+    assert ports[0] == ports[1] == ports[2]   # one keep-alive connection, never reset
+
+
+@pytest.mark.parametrize("extra,check", [
+    ({"max_tokens": "5"}, lambda j: j["choices"][0]["finish_reason"] == "stop"),     # read as 5, as pydantic's lax int does
+    ({"max_tokens": "1"}, lambda j: j["choices"][0]["finish_reason"] == "length"),   # read as 1: the one-token budget ends it
+    ({"max_tokens": 1.0}, lambda j: j["choices"][0]["finish_reason"] == "length"),
+    ({"n": 16}, lambda j: [c["index"] for c in j["choices"]] == list(range(16))),  # no cap of 8: vLLM allows up to 16384
+    ({"model": None}, lambda j: j["model"] == MODEL),                              # no model: the served one
+    ({"logprobs": "yes", "top_logprobs": 2}, lambda j: len(j["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 2),
+], ids=["max_tokens '5'", "max_tokens '1'", "max_tokens 1.0", "n=16", "model missing", "logprobs 'yes'"])
+def test_lax_values_accepted_as_vllm(clean, extra, check):
+    body = {k: v for k, v in {**GOOD, **extra}.items() if v is not None}
+    r = httpx.post(clean.url + "/v1/chat/completions", json=body)
+    assert r.status_code == 200 and check(r.json())
+
+
+def test_completions_route_speaks_vllm_errors(clean):
+    post = lambda body: httpx.post(clean.url + "/v1/completions", json=body)
+    r = post({"model": MODEL, "prompt": "p", "logprobs": "x"})
+    assert r.status_code == 400 and r.json()["error"] == {"message": "`logprobs` must be an integer. (parameter=logprobs, value=x)",
+                                                          "type": "BadRequestError", "param": "logprobs", "code": 400}
+    r = post({"model": MODEL})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = post({"model": 7, "prompt": "p"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "body.model"
+
+
+# --- the body cap ---
+
+def _vm(pid: int, key: str) -> int:
+    "A memory figure of process `pid` from /proc/<pid>/status, in bytes (VmRSS: now; VmHWM: peak)."
+    return next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(key + ":"))
+
+
+def _big_body(n: int, chunk: int = 1 << 20):
+    "A JSON chat body of exactly `n` bytes, produced chunk by chunk (the client never holds it)."
+    head, tail = f'{{"model": "{MODEL}", "messages": [{{"role": "user", "content": "'.encode(), b'"}]}'
+    yield head
+    left, blk = n - len(head) - len(tail), b"A" * chunk
+    while left > 0:
+        yield blk[:min(chunk, left)]
+        left -= chunk
+    yield tail
+
+
+def test_default_body_cap_answers_from_the_header(clean):
+    "A Content-Length over the default cap gets its 413 while not one byte of the body has been sent."
+    assert DEFAULT_MAX_BODY_BYTES > 4 * 64 * 2**20 // 3   # the base64 text of the largest image load_image takes fits under it
+    with socket.create_connection(("127.0.0.1", clean.port), timeout=10) as s:
+        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {DEFAULT_MAX_BODY_BYTES + 1}\r\n\r\n".encode())   # headers only
+        raw = b""
+        while b"\r\n\r\n" not in raw or len(raw.split(b"\r\n\r\n", 1)[1]) < int(raw.split(b"content-length: ")[1].split(b"\r\n")[0]):
+            chunk = s.recv(65536)
+            assert chunk, f"connection closed before the whole answer came: {raw!r}"
+            raw += chunk
+    head, body = raw.split(b"\r\n\r\n", 1)
+    err = json.loads(body)["error"]
+    assert head.startswith(b"HTTP/1.1 413 ") and err["code"] == 413 and f"cap of {DEFAULT_MAX_BODY_BYTES} bytes" in err["message"]
+
+
+def test_body_cap_bounds_server_memory_and_keeps_connection():
+    "100 MB bodies (declared, and chunked with no length) get 413; the server's peak RSS grows far less than 100 MB."
+    cap, big = 8 * 2**20, 100 * 10**6
+    with StandinServer("orange", MODEL, spawn=True, max_body_bytes=cap) as s, httpx.Client(base_url=s.url, timeout=60) as h:
+        first = h.post("/v1/chat/completions", json=GOOD)   # warm up the request path before measuring
+        assert first.status_code == 200
+        for headers, bound in (({**JSON_CT, "content-length": str(big)}, cap // 2),   # refused from the header: never read
+                               (JSON_CT, cap + 8 * 2**20)):                        # chunked: counted, refused at the cap
+            Path(f"/proc/{s.pid}/clear_refs").write_text("5")   # the peak (VmHWM) starts again from the RSS now
+            rss0 = _vm(s.pid, "VmRSS")
+            r = h.post("/v1/chat/completions", content=_big_body(big), headers=headers)
+            grew = _vm(s.pid, "VmHWM") - rss0
+            err = r.json()["error"]
+            assert r.status_code == 413 and (err["type"], err["code"], err["param"]) == (HTTPStatus(413).phrase, 413, None)
+            assert "max_body_bytes" in err["message"]
+            assert grew < bound < big / 4, f"peak RSS grew {grew / 2**20:.1f} MiB for a {big / 1e6:.0f} MB body"
+            again = h.post("/v1/chat/completions", json=GOOD)
+            assert again.status_code == 200 and client_port(again) == client_port(r) == client_port(first)
 
 
 def test_n_and_max_tokens_stop(clean):
