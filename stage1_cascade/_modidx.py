@@ -983,4 +983,6 @@ d = { 'settings': { 'branch': 'main',
                                                                                    'stage1_cascade/engines.py'),
                                         'stage1_cascade.engines.read_request': ('engines.html#read_request', 'stage1_cascade/engines.py'),
                                         'stage1_cascade.engines.serve_standin': ('engines.html#serve_standin', 'stage1_cascade/engines.py'),
+                                        'stage1_cascade.engines.split_server_url': ( 'engines.html#split_server_url',
+                                                                                     'stage1_cascade/engines.py'),
                                         'stage1_cascade.engines.yes_no_probs': ('engines.html#yes_no_probs', 'stage1_cascade/engines.py')}}}

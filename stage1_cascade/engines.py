@@ -36,8 +36,8 @@ __all__ = ['ROADWORK_PROMPT', 'YES_WORDS', 'NO_WORDS', 'YES_SPELLINGS', 'NO_SPEL
            'DEFAULT_MAX_BODY_BYTES', 'MAX_N_SEQUENCES', 'GARBAGE_ANSWERS', 'QWEN_SPECIAL', 'TINY_CHAT_TEMPLATE',
            'VLMError', 'VLMUnavailable', 'VLMBadResponse', 'VLMRequestError', 'norm_token', 'yes_no_probs',
            'p_from_top_logprobs', 'parse_answer_text', 'image_jpeg_bytes', 'image_data_url', 'VLMAnswer',
-           'answer_from_response', 'VLMClient', 'AsyncVLMClient', 'FaultConfig', 'BackendAnswer', 'Backend',
-           'ScorerBackend', 'orange_share', 'orange_scorer', 'get_scorer', 'VLLMMetrics', 'parse_metrics',
+           'answer_from_response', 'split_server_url', 'VLMClient', 'AsyncVLMClient', 'FaultConfig', 'BackendAnswer',
+           'Backend', 'ScorerBackend', 'orange_share', 'orange_scorer', 'get_scorer', 'VLLMMetrics', 'parse_metrics',
            'metric_total', 'read_json_body', 'ChatMessage', 'ChatRequest', 'CompletionRequest', 'read_request',
            'decode_data_url', 'make_standin_app', 'StandinServer', 'serve_standin', 'ServerManager', 'bench_server',
            'build_tiny_qwen2vl', 'QwenVLBackend']
@@ -173,6 +173,22 @@ def answer_from_response(
         if py + pn > 0: return py / (py + pn), text, "logprobs", py + pn
     return parse_answer_text(text, text_p), text, "text", None
 
+# %% ../nbs/02_engines.ipynb #8a0d1e02
+def split_server_url(
+    url:str # a server root as configured, e.g. "http://user:pw@host:8000/v1?api_key=abc"
+)->tuple[str, tuple[str, str]|None, dict]:
+    "(root, basic-auth pair or None, query parameters) of `url`; the root has no credentials, query or trailing /v1."
+    from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+    from stage1_cascade.core import mask_url
+    try: u = urlsplit(str(url).strip()); port = u.port
+    except ValueError as e: raise ValueError(f"{mask_url(str(url))!r} is not a server URL: {e}") from None
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError(f"{mask_url(str(url))!r} is not a server URL: expected http(s)://host[:port]")
+    auth = (unquote(u.username or ""), unquote(u.password or "")) if (u.username or u.password) else None
+    host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
+    root = urlunsplit((u.scheme, host + (f":{port}" if port else ""), u.path.rstrip("/").removesuffix("/v1"), "", ""))
+    return root, auth, dict(parse_qsl(u.query, keep_blank_values=True))
+
 # %% ../nbs/02_engines.ipynb #7e66f4b4
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
 
@@ -225,15 +241,15 @@ class VLMClient:
         if not 1 <= int(top_logprobs) <= 20: raise ValueError(f"top_logprobs={top_logprobs!r}: allowed 1..20 (vLLM's default --max-logprobs)")
         if max_retries < 0: raise ValueError(f"max_retries={max_retries!r}: must be >= 0")
         if timeout_s <= 0: raise ValueError(f"timeout_s={timeout_s!r}: must be > 0")
-        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.base_url, auth, params = split_server_url(base_url)
         self.model,self.timeout_s,self.max_retries,self.backoff_s = model,float(timeout_s),int(max_retries),float(backoff_s)
         self.connect_timeout_s,self.top_logprobs,self.prompt,self.text_p = connect_timeout_s,int(top_logprobs),prompt,text_p
         self.jpeg_quality,self._rng,self.extra_body = jpeg_quality,random.Random(seed),dict(extra_body or {})
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = self._make_http(headers, transport)
+        self._http = self._make_http(dict(headers=headers, auth=auth, params=params), transport)
 
-    def _make_http(self, headers, transport): 
-        return httpx.Client(headers=headers, transport=transport, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+    def _make_http(self, kw, transport):
+        return httpx.Client(**kw, transport=transport, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
 
     def __repr__(self): return f"VLMClient({self.base_url!r}, model={self.model!r}, timeout_s={self.timeout_s}, max_retries={self.max_retries})"
     def close(self): self._http.close()
@@ -303,8 +319,8 @@ def _error_message(r:httpx.Response)->str:
 # %% ../nbs/02_engines.ipynb #09665dc8
 class AsyncVLMClient(VLMClient):
     "`VLMClient` for asyncio: `await client.p_roadwork(image)`; same budget, retry and error rules."
-    def _make_http(self, headers, transport):
-        return httpx.AsyncClient(headers=headers, transport=transport, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+    def _make_http(self, kw, transport):
+        return httpx.AsyncClient(**kw, transport=transport, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
     async def close(self): await self._http.aclose()
     async def __aenter__(self): return self
     async def __aexit__(self, *exc): await self.close()
