@@ -212,8 +212,7 @@ def train(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the
     shipped = out.resolve() == assets_dir()
     if shipped: console.print(f"[yellow]--force: overwriting the package's shipped assets in {out}[/yellow]")
     else: console.print(f"writing the checkpoints to {out}" + (" (--force: the folder is not empty)" if force else ""))
-    from stage1_cascade.detect import build_checkpoints
-    from stage1_cascade.bench import calibrate_cascade
+    from stage1_cascade.bench import build_checkpoints, calibrate_cascade
     man = build_checkpoints(out, seed=seed, log=console.print)
     console.print_json(json.dumps({"held_out": man.get("metrics", {}).get("test", {}), "total_s": man.get("total_s")}, default=str))
     if shipped: calibrate_cascade("synthetic:400:7002", budget, out/"cascade"/"cascade.yaml")
