@@ -369,11 +369,11 @@ def _ms(flops: float, tflops: float, a: GPUCostAssumptions) -> float: return flo
 def _read_ms(nbytes: float, a: GPUCostAssumptions) -> float: return nbytes / (GPU_PEAKS[a.gpu]["hbm_tb_s"] * 1e12 * a.bandwidth_fraction) * 1e3
 
 def vlm_call_cost(
-    m,  # a compression.plan.ModelSpec (a VLM's facts)
+    m,  # a plan.facts.ModelSpec (a VLM's facts)
     a: GPUCostAssumptions | None = None,
 ) -> dict:
     "ESTIMATED GPU time of one VLM call (one 224 px image, the question, one answer token) from the model's facts."
-    from stage1_cascade.compression.plan import choose_precision, weight_bytes
+    from stage1_cascade.plan.facts import choose_precision, weight_bytes
     a = a or GPUCostAssumptions(); g = GPU_PEAKS[a.gpu]
     if not m.is_vlm or not m.image_tokens_224: raise BenchError(f"{m.id}: not a VLM with image_tokens_224 in the model facts")
     prec, _ = choose_precision(m, a.weights)
@@ -410,7 +410,7 @@ def count_stage1(stage1, img) -> dict:
 
 def stage1_cost(counts: dict, a: GPUCostAssumptions | None = None) -> dict:
     "ESTIMATED GPU time of one Stage-1 call from its counted FLOPs and fp16 weights (a floor: launches not counted)."
-    from stage1_cascade.compression.plan import quantized_bytes
+    from stage1_cascade.plan.facts import quantized_bytes
     a = a or GPUCostAssumptions()
     wb = quantized_bytes(counts["params"], "fp16")
     compute, memory = _ms(counts["flops"], GPU_PEAKS[a.gpu]["bf16_tflops"], a), _read_ms(wb, a)
@@ -425,7 +425,7 @@ def gpu_cost_estimate(
     table: dict | None = None,  # model facts (default: the shipped models.yaml)
 ) -> dict:
     "ESTIMATED GPU ms per call of each tier and per image of each predictor (VLM tiers: range over the tier's default models)."
-    from stage1_cascade.compression.plan import load_models
+    from stage1_cascade.plan.facts import load_models
     a = a or GPUCostAssumptions(); table = table or load_models()
     s1 = stage1_cost(stage1_counts, a)
     tiers = {"stage1": {"low_ms": s1["ms"], "high_ms": s1["ms"], "low_model": s1["model"], "high_model": s1["model"], "detail": s1}}

@@ -231,7 +231,7 @@ def plan(gpus: str = typer.Option("2xH100-80GB", "--gpus", help="GPU inventory, 
          lmcache: bool = typer.Option(False, "--lmcache", help="Add LMCache (CPU KV tier) to every server."),
          out: Path = typer.Option(..., "--out", help="Folder for plan.json, gpu<i>.png, serve.sh.")):
     "Place the models on the GPUs from their architectures: plan.json, a bar chart per GPU, the vllm serve commands."
-    from stage1_cascade.compression.plan import plan as _plan
+    from stage1_cascade.serve.args import plan as _plan
     p = _plan(gpus, models, kv_dtype=kv_dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
               out=out, weights=weights, lmcache=lmcache)
     console.print(p.summary())
@@ -242,7 +242,7 @@ def compress_bench(out: Path = typer.Option(..., "--out", help="Folder for resul
                    mode: str = typer.Option("cpu", "--mode", help="cpu (tiny twins) or gpu."),
                    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated technique groups (default: all; a wrong name lists them).")):
     "Measure every compression technique (bytes, fidelity, where) beside the plan's claimed constant. Exit 3 if any failed."
-    from stage1_cascade.compression.plan import compress_bench as _cb, failures
+    from stage1_cascade.compression.report import compress_bench as _cb, failures
     rows = _cb(out, mode=mode, only=None if only is None else [g.strip() for g in only.split(",") if g.strip()])
     failed = failures(rows)
     console.print(f"{len(rows)} rows, {len(failed)} failed; table in {out}/results.md")
