@@ -8,7 +8,7 @@ Docs: https://example.invalid/stage1_cascade/end_to_end.html.md"""
 
 # %% ../nbs/07_end_to_end.ipynb #170ad244
 from __future__ import annotations
-import json, math, re, time
+import json, math, re, textwrap, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,7 +28,7 @@ __all__ = ['DEMO_SEED', 'GPU_PEAKS', 'BenchError', 'default_config_path', 'Casca
            'load_eval_samples', 'valid_images', 'calibrate_cascade', 'synthetic_seed', 'checkpoint_seeds',
            'synthetic_seed_check', 'read_predictions', 'metrics_from_predictions', 'GPUCostAssumptions',
            'vlm_call_cost', 'count_stage1', 'stage1_cost', 'gpu_cost_estimate', 'gpu_cost_table', 'evaluate',
-           'bench_throughput', 'run_eval', 'demo', 'summary_rows', 'build_checkpoints']
+           'bench_throughput', 'label_check', 'run_eval', 'demo', 'summary_rows', 'build_checkpoints']
 
 # %% ../nbs/07_end_to_end.ipynb #7bbf022f
 class BenchError(S1CError):
@@ -294,8 +294,8 @@ def metrics_from_predictions(path: str | Path, tiers: Sequence[str] | None = Non
     return _metrics_and_rounds(read_predictions(path), tiers, str(path))[0]
 
 # %% ../nbs/07_end_to_end.ipynb #09f4ea3f
-def _plots(out: Path, m: dict, rows: list, frontier: list | None, cfg: CascadeConfig) -> list[Path]:
-    "Reliability diagram, reward vs VLM calls, confusion matrix and exits per tier, as PNG files."
+def _figure(m: dict, rows: list, frontier: list | None, cfg: CascadeConfig):
+    "The run's figure: reliability diagram, reward vs VLM calls, confusion matrix and exits per tier."
     import matplotlib; matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     done = [r for r in rows if "error" not in r]
@@ -316,8 +316,10 @@ def _plots(out: Path, m: dict, rows: list, frontier: list | None, cfg: CascadeCo
                label="best reward at each budget (thresholds searched on these images)")
     for name, c in (("cascade", "C0"), ("stage1_only", "C1"), ("top_tier_only", "C2")):
         if name in m and "natix_reward" in m[name]: a.plot(m[name]["vlm_calls_per_image"], m[name]["natix_reward"], "o", c=c, ms=9, label=name)
+    a.margins(y=0.1)  # room for the markers of the lowest and highest points
     a.set(title="NATIX reward vs VLM calls per image", xlabel="VLM calls per image", ylabel="reward", xlim=(-0.05, 1.1))
-    a.legend(fontsize=7, loc="lower right", framealpha=0.6)
+    # below the axes: inside them it covered a predictor's point (stage1_only sits low at 0 calls)
+    a.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     # confusion
     a = ax[1, 0]; yhat = round_predictions(p)
     cm = np.array([[((y == i) & (yhat == j)).sum() for j in (0, 1)] for i in (0, 1)])
@@ -332,6 +334,12 @@ def _plots(out: Path, m: dict, rows: list, frontier: list | None, cfg: CascadeCo
     a.set(title="where the cascade decided", ylabel="share of images", ylim=(0, 1))
     for i, v in enumerate(ex.values()): a.text(i, v + 0.02, f"{v:.0%}", ha="center")
     fig.suptitle(f"{len(done)} images; tiers {' -> '.join(cfg.tiers)}", fontsize=10); fig.tight_layout()
+    return fig
+
+def _plots(out: Path, m: dict, rows: list, frontier: list | None, cfg: CascadeConfig) -> list[Path]:
+    "The run's figure (`_figure`) as plots.png in `out`."
+    import matplotlib.pyplot as plt
+    fig = _figure(m, rows, frontier, cfg)
     path = out/"plots.png"; fig.savefig(path, dpi=90); plt.close(fig)
     return [path]
 
@@ -448,22 +456,30 @@ def gpu_cost_estimate(
                         "compute and weight reads added, not overlapped",
             "tiers": tiers, "per_image_ms": per_image}
 
-def gpu_cost_table(m: dict) -> str:
-    "A small text table of metrics.json's GPU cost estimate (measured CPU latency beside it), and the caveat."
+def gpu_cost_table(m: dict, width: int = 80) -> str:
+    "A small text table of metrics.json's GPU cost estimate (measured CPU latency beside it) and the caveat, in lines of at most `width`."
     g = m.get("gpu_cost_estimate")
     if not g: return "no GPU cost estimate in these metrics"
     rates = g["per_image_ms"].get("cascade", {}).get("calls_per_image", {})
     rng = lambda d: f"{d['low_ms']:.3g}" if math.isclose(d["low_ms"], d["high_ms"]) else f"{d['low_ms']:.3g}-{d['high_ms']:.3g}"
-    lines = [f"ESTIMATED GPU ms per call on {g['gpu']} (from model facts; flops x{g['assumptions']['flops_fraction']}, "
-             f"bandwidth x{g['assumptions']['bandwidth_fraction']} of peak) beside the measured CPU p50:",
-             f"  {'tier':<10}{'calls/image':>12}{'CPU p50 ms':>12}{'est. GPU ms':>16}  models"]
+    fill = lambda s, ind="": textwrap.fill(s, width, initial_indent=ind, subsequent_indent=ind + "  ",
+                                           break_long_words=False, break_on_hyphens=False)  # a figure or a model id stays whole
+    a = g["assumptions"]
+    lines = [fill(f"ESTIMATED GPU ms per call on {g['gpu']} (from model facts; flops x{a['flops_fraction']}, "
+                  f"bandwidth x{a['bandwidth_fraction']} of peak) beside the measured CPU p50:"),
+             f"  {'tier':<10}{'calls/image':>12}{'CPU p50 ms':>12}{'est. GPU ms':>14}"]
     for t, d in g["tiers"].items():
         cpu = d.get("cpu_p50_ms_measured")
-        who = d["low_model"] if d["low_model"] == d["high_model"] else f"{d['low_model']} .. {d['high_model']}"
-        lines.append(f"  {t:<10}{rates.get(t, 0.0):>12.2f}{'-' if cpu is None else f'{cpu:.1f}':>12}{rng(d) + ('*' if t == 'stage1' else ''):>16}  {who}")
-    lines.append("  est. GPU ms per image: " + "; ".join(f"{k} {rng(v)}" for k, v in g["per_image_ms"].items()))
-    lines.append("  * Stage 1: counted FLOPs and weight reads only; a model this small is bound by kernel launches on a GPU, so this is a floor.")
-    lines.append("  CPU stand-in latencies say nothing about GPU cost: the stand-in VLM tiers are small CNNs, the real ones are VLMs.")
+        lines.append(f"  {t:<10}{rates.get(t, 0.0):>12.2f}{'-' if cpu is None else f'{cpu:.1f}':>12}{rng(d) + ('*' if t == 'stage1' else ''):>14}")
+    lines.append("  models behind each range (fastest .. slowest):")
+    for t, d in g["tiers"].items():
+        lines.append(fill(f"{t}: " + (d["low_model"] if d["low_model"] == d["high_model"] else f"{d['low_model']} .. {d['high_model']}"), "    "))
+    lines.append("  est. GPU ms per image:")
+    lines += [f"    {k:<15}{rng(v)}" for k, v in g["per_image_ms"].items()]
+    lines.append(fill("* Stage 1: counted FLOPs and weight reads only; a model this small is bound by kernel launches "
+                      "on a GPU, so this is a floor.", "  "))
+    lines.append(fill("CPU stand-in latencies say nothing about GPU cost: the stand-in VLM tiers are small CNNs, "
+                      "the real ones are VLMs.", "  "))
     return "\n".join(lines)
 
 # %% ../nbs/07_end_to_end.ipynb #54843e57
@@ -562,6 +578,16 @@ def bench_throughput(stack: CascadeStack, images: Sequence, tiers: Sequence[str]
         out[t] = {"images_per_s": len(images) / wall, "p50_ms": float(np.median(ms))}
     return out
 
+# %% ../nbs/07_end_to_end.ipynb #42837d7e
+def label_check(samples: Sequence[Sample]) -> dict:
+    "Images per class; `one_class` and a warning when a class is missing (MCC is then 0 whatever the answers)."
+    n1 = sum(int(s.label) == 1 for s in samples); n0 = len(samples) - n1
+    one = len(samples) > 0 and 0 in (n0, n1)
+    warn = (f"the labels hold one class only ({len(samples)} images, all {'roadwork' if n1 else 'no roadwork'}): "
+            "MCC is 0 whatever the answers and the NATIX reward at most 0.125; compare accuracy only, "
+            "or add images of the other class") if one else None
+    return {"n_roadwork": n1, "n_no_roadwork": n0, "one_class": one, "warning": warn}
+
 # %% ../nbs/07_end_to_end.ipynb #ef8aa69e
 def run_eval(data: str | Sequence[Sample], out: str | Path | None = None, config: str | Path | None = None,
              settings: Settings | None = None, frontier: bool = True, resume: bool = False,
@@ -571,6 +597,8 @@ def run_eval(data: str | Sequence[Sample], out: str | Path | None = None, config
     settings = settings or get_settings()
     samples = load_eval_samples(data, levels, settings.seed) if isinstance(data, (str, Path)) else list(data)
     if not samples: raise BenchError(f"{data}: no images")
+    labels = label_check(samples)
+    if labels["warning"]: get_logger("bench").warning("%s: %s", data if isinstance(data, (str, Path)) else "samples", labels["warning"])
     cfg_desc = {"data": str(data) if isinstance(data, (str, Path)) else f"{len(samples)} samples", "levels": levels,
                 "config": str(config or default_config_path()), "frontier": frontier}
     if out is None: out = new_run_dir(kind, cfg_desc, settings)
@@ -581,7 +609,7 @@ def run_eval(data: str | Sequence[Sample], out: str | Path | None = None, config
     with open_stack(config, settings) as stack:
         chk = synthetic_seed_check(data, stack.config.meta) if isinstance(data, (str, Path)) else None
         m = evaluate(samples, stack, out, frontier=frontier, resume=resume, progress=progress, gpu_cost=gpu_cost,
-                     notes={"data_check": chk})
+                     notes={"data_check": chk, "label_check": labels})
     return out, m
 
 def demo(n: int = 200, out: str | Path | None = None, settings: Settings | None = None, progress: bool = True,

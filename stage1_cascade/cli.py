@@ -7,11 +7,12 @@ Docs: https://example.invalid/stage1_cascade/cli.html.md"""
 
 # %% ../nbs/12_cli.ipynb #524ebb36
 from __future__ import annotations
-import importlib, importlib.metadata as md, json, platform, sys
+import importlib, importlib.metadata as md, json, platform, sys, textwrap
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -20,14 +21,42 @@ from . import __version__
 from .core import S1CError, assets_dir, get_settings, get_logger, new_run_dir, redact
 
 # %% auto #0
-__all__ = ['app', 'console', 'err_console', 'main', 'collect_info', 'info', 'demo', 'eval_', 'predict', 'calibrate',
-           'OutputNotEmpty', 'train_target', 'train', 'plan', 'compress_bench', 'quantize']
+__all__ = ['app', 'console', 'err_console', 'WIDTH', 'EVAL_OUTPUTS', 'main', 'collect_info', 'info', 'fit_parts',
+           'OutputNotEmpty', 'eval_target', 'routing_lines', 'demo', 'eval_', 'predict', 'calibrate', 'train_target',
+           'train', 'plan', 'compress_bench', 'quantize']
 
 # %% ../nbs/12_cli.ipynb #5d163d64
-app = typer.Typer(name="stage1-cascade", no_args_is_help=True, add_completion=False,
+class _NamedArgument(TyperArgument):
+    "An argument shown by its metavar alone (`IMAGE...`) in the usage line and the help, without a type label."
+    def _usage_display_name(self) -> str: return self.metavar if self.required else f"[{self.metavar}]"
+    def display_type_rich(self, ctx): return None
+
+def _readable(p):
+    "`p` as the help should show it: a flag without a type label (it takes no value), an argument by its metavar."
+    if getattr(p, "is_flag", False) and p.metavar is None: p.metavar = ""
+    elif isinstance(p, TyperArgument) and p.metavar: p.__class__ = _NamedArgument
+    return p
+
+class _Readable:
+    "Mixin for typer's command classes: every parameter, `--help` included, shown as `_readable` says."
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for p in self.params: _readable(p)
+    def get_help_option(self, ctx):
+        h = super().get_help_option(ctx)
+        return h if h is None else _readable(h)
+
+class _Command(_Readable, TyperCommand): "A typer command with readable help."
+class _Group(_Readable, TyperGroup): "A typer group with readable help."
+
+class _Typer(typer.Typer):
+    "typer.Typer whose commands are `_Command`s."
+    def command(self, *args, cls=None, **kwargs): return super().command(*args, cls=cls or _Command, **kwargs)
+
+app = _Typer(name="stage1-cascade", no_args_is_help=True, add_completion=False, cls=_Group,
                   help="Roadwork detection cascade for NATIX StreetVision: image models first, VLMs for the uncertain images.")
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(stderr=False, highlight=False, force_jupyter=False)  # text for a terminal, in a notebook too
+err_console = Console(stderr=True, highlight=False, force_jupyter=False)
 
 def _version(value: bool):
     if value:
@@ -91,39 +120,107 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON obje
     console.print(f"[bold]stage1-cascade {d['version']}[/bold] (Python {d['python']})")
     for title in ("settings", "packages", "torch", "backends"): console.print(_kv_table(title, d[title]))
 
+# %% ../nbs/12_cli.ipynb #658a203d
+WIDTH = 80  # the CLI's own lines fit an 80-column terminal (only a path longer than that can pass it)
+
+def fit_parts(parts: Sequence[str], sep: str = "; ", width: int = WIDTH, indent: str = "  ") -> str:
+    "`parts` joined by `sep` in lines of at most `width`, broken only between parts (a figure stays with its name)."
+    lines = []
+    for p in parts:
+        if lines and len(lines[-1]) + len(sep) + len(p) <= width: lines[-1] += sep + p; continue
+        if lines and len(lines[-1]) + len(sep.rstrip()) <= width: lines[-1] += sep.rstrip()
+        lines.append(indent + p if lines else p)
+    return "\n".join(lines)
+
+def _fill(text: str, width: int = WIDTH) -> str:
+    "Prose in lines of at most `width`, broken at spaces only (a number or a path is never cut)."
+    return textwrap.fill(text, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+
+def _say(text: str, style: str | None = None):
+    "Print text the CLI has already fitted, without rich's own wrapping or markup."
+    console.print(text, style=style, soft_wrap=True, markup=False, highlight=False)
+
+# %% ../nbs/12_cli.ipynb #e3e6e28c
+class OutputNotEmpty(S1CError):
+    "An output folder already holds files and overwriting them was not asked for (`--force`)."
+
+EVAL_OUTPUTS = ("config.json", "predictions.jsonl", "rounds.json", "frontier.json", "metrics.json", "plots.png")
+
+def eval_target(out: Path | None,      # --out: the run folder (None: a new one under runs/)
+                force: bool = False,    # --force: replace the results of the run in a non-empty folder
+                resume: bool = False,   # --resume: go on with the interrupted run in the folder
+               ) -> Path | None:
+    "Check `eval`'s / `demo`'s `--out` before any work: new or empty, a run to resume, or a non-empty one with `force`."
+    if out is None: return None
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise OutputNotEmpty(f"--out {out} is a file: give a folder")
+    names = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    if not names: return out
+    if resume and ({"config.json", "predictions.jsonl"} & set(names)): return out
+    if not force:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise OutputNotEmpty(f"--out {out} is not empty ({len(names)} entries: {shown}) and holds no run to resume: give a new or "
+                             "empty folder, or add --force to replace the results there" if resume else
+                             f"--out {out} is not empty ({len(names)} entries: {shown}): give a new or empty folder, "
+                             "add --resume to go on with an interrupted run there, or --force to replace its results")
+    for n in EVAL_OUTPUTS: (out/n).unlink(missing_ok=True)
+    return out
+
+# %% ../nbs/12_cli.ipynb #ea75a203
+def routing_lines(cfg) -> list[str]:
+    "A `CascadeConfig` in words: when each tier answers and whom it asks otherwise, then its calibration figures."
+    lines = [f"routing: {' -> '.join(cfg.tiers)}"]
+    for t, nxt in zip(cfg.tiers, cfg.tiers[1:] + (None,)):
+        if nxt is None: lines.append(f"  {t:<10} answers every image that reaches it"); continue
+        lo, hi = cfg.thresholds[t]
+        lines.append(f"  {t:<10} answers when P(roadwork) <= {lo:.3f} or >= {hi:.3f}, else asks {nxt}")
+    c = cfg.meta.get("calibration")
+    if c:
+        lines.append(fit_parts([f"on {c['n_images']} calibration images (in-sample): reward {c['reward']:.3f}", f"MCC {c['mcc']:.3f}",
+                                f"accuracy {c['accuracy']:.3f}", f"VLM calls/image {c['vlm_calls_per_image']:.2f} (budget {c['budget']:g})"], ", "))
+    return lines
+
 # %% ../nbs/12_cli.ipynb #d815c901
 def _fmt(v, nd=3):
     return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 def _summary_table(m: dict) -> Table:
     from stage1_cascade.bench import summary_rows
-    t = Table(title="same images, same run", title_justify="left")
-    for c in ("predictor", "NATIX reward", "MCC", "accuracy", "VLM calls/image", "p50 ms", "EMA score"): t.add_column(c)
+    t = Table(title="same images, same run", title_justify="left", caption_justify="left")
+    for c in ("predictor", "reward", "MCC", "accuracy", "VLM/image", "p50 ms", "EMA score"): t.add_column(c, no_wrap=True)
     for r in summary_rows(m): t.add_row(r[0], *[_fmt(v, 1 if i == 4 else 3) for i, v in enumerate(r[1:])])
-    t.caption = "reward: set-level (0.5·MCC+0.5·acc)³; EMA: the validator's score after these rounds"
+    t.caption = ("reward: the set's NATIX reward, (0.5·max(0, MCC) + 0.5·accuracy)³\n"
+                 "VLM/image: VLM calls per image; EMA score: the validator's score after the run")
     return t
 
 def _print_run(out, m: dict, wall_s: float):
     from stage1_cascade.bench import gpu_cost_table
     console.print(_summary_table(m))
-    console.print(gpu_cost_table(m), markup=False, highlight=False)
-    ex = ", ".join(f"{k} {v:.0%}" for k, v in m["cascade"]["exit_rate"].items() if v)
-    console.print(f"decided {m['n_decided']} images ({m['n_skipped']} skipped); exits: {ex}; "
-                  f"tier errors: {m['cascade']['n_tier_errors']}")
-    ro = m["cascade"].get("router_overhead_ms", {})
-    if ro.get("p50") is not None: console.print(f"router overhead per image (latency minus time in models): p50 {ro['p50']:.2f} ms, p99 {ro['p99']:.2f} ms")
+    _say(gpu_cost_table(m, WIDTH))
+    c = m["cascade"]
+    _say(fit_parts([f"decided {m['n_decided']} images ({m['n_skipped']} skipped)", f"tier errors: {c['n_tier_errors']}"]))
+    ex = [f"{k} {v:.0%}" for k, v in c["exit_rate"].items() if v] or ["none"]
+    _say(fit_parts([f"exits: {ex[0]}", *ex[1:]], ", "))
+    ro = c.get("router_overhead_ms", {})
+    if ro.get("p50") is not None:
+        _say(fit_parts([f"router overhead per image (outside the models): p50 {ro['p50']:.2f} ms", f"p99 {ro['p99']:.2f} ms"], ", "))
     if m.get("ratios"):
         r = m["ratios"]
-        console.print(f"cascade / top tier only: reward x{r['reward_cascade_over_top_tier']:.3f}, VLM calls x{r['vlm_calls_cascade_over_top_tier']:.3f}")
-    if m.get("standin_tiers"): console.print("[dim]VLM tiers: stand-in servers (CPU classifiers behind vLLM's API), not real VLMs[/dim]")
-    console.print(f"run folder: [bold]{out}[/bold]  ({wall_s:.0f} s)")
+        _say(fit_parts([f"cascade / top tier only: reward x{r['reward_cascade_over_top_tier']:.3f}",
+                        f"VLM calls x{r['vlm_calls_cascade_over_top_tier']:.3f}"], ", "))
+    if m.get("standin_tiers"): _say("VLM tiers: stand-in servers (CPU classifiers behind vLLM's API), not real VLMs", "dim")
+    for w in ((m.get("label_check") or {}).get("warning"), (m.get("data_check") or {}).get("warning")):
+        if w: _say(_fill(f"warning: {w}"), "yellow")
+    _say(fit_parts([f"run folder: {out}", f"({wall_s:.0f} s)"], "  "), "bold")
 
 @app.command()
 def demo(n: int = typer.Option(200, "--n", min=10, help="Synthetic hold-out images."),
-         out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: a new one under runs/)."),
+         out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: a new one under runs/); refused if not empty."),
+         force: bool = typer.Option(False, "--force", help="Write into a non-empty --out, replacing the run's results there."),
          progress: bool = typer.Option(True, "--progress/--no-progress")):
     "The embedded default end to end: synthetic hold-out images, shipped checkpoints, stand-in VLM servers."
     from stage1_cascade.bench import demo as _demo
+    out = eval_target(out, force=force)
     import time; t0 = time.perf_counter()
     run, m = _demo(n, out, progress=progress, echo=False)
     _print_run(run, m, time.perf_counter() - t0)
@@ -137,20 +234,23 @@ def _levels(spec: str):
 
 @app.command("eval")
 def eval_(data: str = typer.Option(..., "--data", help="synthetic:N[:SEED], a folder, a labels CSV or a parquet file."),
-          out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: a new one under runs/)."),
+          out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: a new one under runs/); refused if not empty."),
           config: Optional[Path] = typer.Option(None, "--config", help="Routing YAML (default: the shipped one)."),
           levels: str = typer.Option("0,1,2,3", help="Validator augmentation levels applied to real images, or 'none'."),
           frontier: bool = typer.Option(True, "--frontier/--no-frontier", help="Ask every tier about every image (reward-vs-calls plot)."),
           resume: bool = typer.Option(False, "--resume", help="Keep the images already in OUT/predictions.jsonl."),
+          force: bool = typer.Option(False, "--force", help="Write into a non-empty --out, replacing the run's results there."),
           progress: bool = typer.Option(True, "--progress/--no-progress")):
     "Measure the cascade on a labelled image set: predictions.jsonl, metrics.json and plots in the run folder."
     from stage1_cascade.bench import run_eval
+    levels_ = _levels(levels)  # bad values are refused before the folder is looked at
+    out = eval_target(out, force=force, resume=resume)
     import time; t0 = time.perf_counter()
-    run, m = run_eval(data, out, config, frontier=frontier, resume=resume, progress=progress, levels=_levels(levels))
+    run, m = run_eval(data, out, config, frontier=frontier, resume=resume, progress=progress, levels=levels_)
     _print_run(run, m, time.perf_counter() - t0)
 
 @app.command()
-def predict(images: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, WebP, BMP; a GIF gives its first frame)."),
+def predict(images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files (JPEG, PNG, WebP, BMP; a GIF gives its first frame)."),
             config: Optional[Path] = typer.Option(None, "--config", help="Routing YAML (default: the shipped one).")):
     "One JSON line per image: the prediction with its trace, or the error. Exit 3 if any image failed."
     from contextlib import ExitStack
@@ -179,16 +279,10 @@ def calibrate(data: str = typer.Option("synthetic:400:7002", "--data", help="Cal
     "Search the routing thresholds that maximise the NATIX reward under a VLM-call budget; write the YAML."
     from stage1_cascade.bench import calibrate_cascade
     cfg = calibrate_cascade(data, budget, out)
-    c = cfg.meta["calibration"]
-    console.print(f"tiers {' -> '.join(cfg.tiers)}; thresholds {cfg.thresholds}")
-    console.print(f"on {c['n_images']} calibration images: reward {c['reward']:.3f}, MCC {c['mcc']:.3f}, "
-                  f"accuracy {c['accuracy']:.3f}, VLM calls/image {c['vlm_calls_per_image']:.2f} (in-sample)")
-    console.print(f"wrote {out}")
+    for line in routing_lines(cfg): _say(line)
+    _say(f"wrote {out}")
 
 # %% ../nbs/12_cli.ipynb #4fa8d181
-class OutputNotEmpty(S1CError):
-    "An output folder already holds files and overwriting them was not asked for (`--force`)."
-
 def train_target(out: Path | None = None,  # --out: a folder for the checkpoints
                  force: bool = False,       # --force: allow the package's assets / a non-empty folder
                  config: dict | None = None, # recorded in a new run folder's config.json

@@ -7,7 +7,7 @@ Docs: https://example.invalid/stage1_cascade/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #425b5f9e
 from __future__ import annotations
-import json, logging, os, re, tempfile, uuid
+import json, logging, os, re, stat, tempfile, uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -137,11 +137,26 @@ def get_logger(name: str = "") -> logging.Logger:
     return logging.getLogger(f"{_LOG_NAME}.{name}" if name else _LOG_NAME)
 
 # %% ../nbs/00_core.ipynb #e28c00ab
+def _umask() -> int:
+    "The process's umask, read from /proc where it can be (setting it to read it races with other threads)."
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"): return int(line.split()[1], 8)
+    except OSError: pass
+    m = os.umask(0o022); os.umask(m); return m
+
+def _open_mode(path: Path) -> int:
+    "The permissions `open(path, 'w')` leaves: an existing file keeps its own, a new one gets 0o666 less the umask."
+    try: return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError: return 0o666 & ~_umask()
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    "Write `data` to `path` atomically (temp file in the same folder + rename)."
+    "Write `data` to `path` atomically (temp file in the same folder + rename), with the mode `open()` would give it."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _open_mode(path))  # mkstemp makes it 0o600, private whatever the umask says
         with os.fdopen(fd, "wb") as f:
             f.write(data); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -3,15 +3,61 @@
 
 Quarto (and so `nbdev-docs`) cannot be installed on every machine, so this renders the same
 notebooks with MkDocs + mkdocs-jupyter. It prefers the executed copies the papermill suite leaves
-in `_runs/nbs/` (outputs and plots included) and falls back to the clean notebook in `nbs/`.
+in `_runs/nbs/` (outputs and plots included; `pytest tests/test_notebooks.py` writes them) and
+falls back to the clean notebook in `nbs/`.
+
+Each notebook is cleaned first, as nbdev's own site shows its notebooks: nbdev directives (`#| ...`)
+are stripped from the code, cells they hide are dropped, papermill's injected-parameters cell is
+dropped, and stderr outputs that carry a Python warning or a path of this machine are removed.
 
     python tools/build_docs.py [--out _site] [--strict]
 """
 from __future__ import annotations
-import argparse, json, shutil, subprocess, sys
+import argparse, copy, json, re, shutil, subprocess, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+_DIRECTIVE = re.compile(r"^\s*#\s*\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")  # `#| export`, `#|hide`, `#| echo: false`
+_WARNING = re.compile(r"\b\w+Warning:")                                # `path:12: TqdmWarning: ...`
+_MACHINE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[\w.~+-]+/)+[\w.~+-]*")      # /tmp/x/y, /home/u/..., not a URL's path
+
+
+def directives(source: str) -> tuple[dict[str, str], str]:
+    "The directives leading a code cell ({name: value}, names lower-case) and the source without them."
+    lines, d, i = source.splitlines(), {}, 0
+    for i, line in enumerate(lines):
+        m = _DIRECTIVE.match(line)
+        if m: d[m[1].lower()] = m[2].lower()
+        elif line.strip(): break
+    else: i = len(lines)
+    return d, "\n".join(lines[i:]).strip("\n")
+
+
+def _shows(o: dict) -> bool:
+    "Whether an output belongs on the site: not a stderr stream with a Python warning or a path of this machine."
+    if o.get("output_type") != "stream" or o.get("name") != "stderr": return True
+    text = "".join(o.get("text", ""))
+    return not (_WARNING.search(text) or _MACHINE_PATH.search(text))
+
+
+def clean_notebook(nb: dict) -> dict:
+    "A copy of `nb` as the site shows it: directives stripped, hidden and injected cells dropped, noisy stderr removed."
+    nb = copy.deepcopy(nb)
+    cells = []
+    for c in nb["cells"]:
+        if "injected-parameters" in c.get("metadata", {}).get("tags", []): continue  # papermill's `# Parameters`
+        if c["cell_type"] == "code":
+            d, src = directives("".join(c["source"]))
+            if "hide" in d or d.get("include") == "false": continue
+            c["source"] = src
+            if d.get("output") == "false": c["outputs"] = []
+            c["outputs"] = [o for o in c.get("outputs", []) if _shows(o)]
+            if d.get("echo") == "false" or "hide_input" in d:
+                c.setdefault("metadata", {}).setdefault("tags", []).append("remove_input")
+            if not src.strip() and not c["outputs"]: continue  # only directives, e.g. `#| default_exp core`
+        cells.append(c)
+    nb["cells"] = cells
+    return nb
 
 
 def notebook_sources(root: Path = ROOT) -> dict[str, Path]:
@@ -41,7 +87,7 @@ def build(out: Path = ROOT/"_site", strict: bool = False) -> dict[str, Path]:
     nav = []
     for stem, src in srcs.items():
         if stem == "index": continue
-        shutil.copy(src, stage/"docs"/f"{stem}.ipynb")
+        (stage/"docs"/f"{stem}.ipynb").write_text(json.dumps(clean_notebook(json.loads(src.read_text())), indent=1))
         nav.append({_title(src): f"{stem}.ipynb"})
     shutil.copy(ROOT/"README.md", stage/"docs"/"index.md")
     guides = []
@@ -50,7 +96,8 @@ def build(out: Path = ROOT/"_site", strict: bool = False) -> dict[str, Path]:
     cfg = {"site_name": "stage1_cascade", "docs_dir": "docs", "site_dir": str(out.resolve()),
            "theme": {"name": "material", "font": False},
            "nav": [{"Home": "index.md"}, {"Notebooks": nav}] + ([{"Guides": guides}] if guides else []),
-           "plugins": [{"mkdocs-jupyter": {"execute": False, "include_source": True}}],
+           "plugins": [{"mkdocs-jupyter": {"execute": False, "include_source": True,
+                                            "remove_tag_config": {"remove_input_tags": ["remove_input"]}}}],
            "use_directory_urls": True}
     (stage/"mkdocs.yml").write_text(json.dumps(cfg, indent=1))  # JSON is valid YAML
     cmd = [sys.executable, "-m", "mkdocs", "build", "-q", "-f", str(stage/"mkdocs.yml")] + (["--strict"] if strict else [])
