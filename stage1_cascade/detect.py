@@ -20,12 +20,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .core import S1CError, assets_dir, atomic_write_json, get_logger
-from .data import ROADWORK_CLASSES, Sample, load_image, synthetic_samples
-from .cascade import accuracy, mcc, round_predictions
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+from .data import ROADWORK_CLASSES, Sample, load_image
+from .scenes import synthetic_samples
+from .scoring import binary_metrics
 
 # %% auto #0
 __all__ = ['CLASSIFIER_FORMAT', 'YOLO_LAYOUT', 'STAGE1_FORMAT', 'STANDIN_SPECS', 'STANDIN_TIERS', 'MANIFEST_FORMAT', 'CHECK_N',
@@ -34,8 +31,7 @@ __all__ = ['CLASSIFIER_FORMAT', 'YOLO_LAYOUT', 'STAGE1_FORMAT', 'STANDIN_SPECS',
            'save_classifier', 'load_classifier', 'train_classifier', 'ClassifierDetector', 'ultralytics_yolo',
            'write_yolo_yaml', 'export_yolo_dataset', 'train_yolo', 'YoloDetector', 'tiny_rtdetr_config',
            'build_hf_detector', 'HFDetector', 'LogitStacker', 'Stage1', 'default_stage1', 'cv_stacked_auc',
-           'select_members', 'standin_scorer', 'binary_metrics', 'check_manifest', 'build_standins',
-           'build_checkpoints']
+           'select_members', 'standin_scorer', 'check_manifest', 'build_standins', 'build_checkpoints']
 
 # %% ../nbs/08_detection.ipynb #8530628b
 class DetectError(S1CError):
@@ -257,7 +253,8 @@ YOLO_LAYOUT = {
              [[16, 19, 22], 1, "Detect", ["nc"]]]}
 
 def ultralytics_yolo():
-    "ultralytics' `YOLO` class, imported with its global `PIL.Image.open` patch undone (see below)."
+    "ultralytics' `YOLO` class, imported offline (unless the caller set `YOLO_OFFLINE`), its `PIL.Image.open` patch undone (see below)."
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # else its import looks the network up and it may fetch fonts or weights
     from ultralytics import YOLO
     from ultralytics.utils import patches
     if getattr(Image.open, "__module__", "") == patches.__name__: Image.open = patches._image_open
@@ -389,8 +386,8 @@ class HFDetector(Detector):
         if not (path/"config.json").is_file(): raise CheckpointError(f"HF detector folder {str(path)!r} has no config.json; run `stage1-cascade train`")
         if sha256: verify_checkpoint(path, sha256, trust)
         _hf_quiet()
-        self.model = AutoModelForObjectDetection.from_pretrained(path, dtype=torch.float32).eval()
-        self.processor = AutoImageProcessor.from_pretrained(path, use_fast=False)
+        self.model = AutoModelForObjectDetection.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
+        self.processor = AutoImageProcessor.from_pretrained(path, use_fast=False, local_files_only=True)
         self.source, self.name, self.k, self.box_threshold = path, name or path.name, k, box_threshold
         self.id2label = self.model.config.id2label
     @property
@@ -558,17 +555,6 @@ def standin_scorer(name:str="fast", # tier: 'fast', 'power' or 'precision'
     def score(img)->float: return float(clf.predict_proba([as_rgb(img)])[0])
     score.tier, score.classifier = name, clf
     return score
-
-# %% ../nbs/08_detection.ipynb #aeb1990e
-def binary_metrics(y:Sequence[int], # labels, 0/1
-                   p:Sequence[float] # P(roadwork) per image
-                  )->dict:
-    "Accuracy and MCC of the validator's rounding (`round_predictions`), log-loss, and ROC AUC (threshold-free)."
-    from sklearn.metrics import log_loss, roc_auc_score
-    y = np.asarray(y).astype(int); p = np.asarray(p, dtype=np.float64); yh = round_predictions(p)
-    return {"n": int(len(y)), "accuracy": round(accuracy(y, yh), 4), "mcc": round(mcc(y, yh), 4),
-            "log_loss": round(float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1])), 4),
-            "auc": round(float(roc_auc_score(y, p)), 4) if len(set(y.tolist())) == 2 else None}
 
 # %% ../nbs/08_detection.ipynb #73e0a850
 MANIFEST_FORMAT = "stage1_cascade.manifest/2"

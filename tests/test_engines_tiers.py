@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from stage1_cascade.core import assets_dir
-from stage1_cascade.data import load_image, synthetic_samples
+from stage1_cascade.data import load_image
+from stage1_cascade.scenes import synthetic_samples
 from stage1_cascade.engines import ServerManager, get_scorer, VLMRequestError
 
 CKPTS = [assets_dir() / "standin" / f"{t}.pt" for t in ("fast", "power", "precision")]
