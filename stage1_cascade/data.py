@@ -430,7 +430,7 @@ ROADWORK_CLASSES = ("cone", "barrel", "barrier", "roadwork_sign", "worker", "mac
 @dataclass(frozen=True)
 class Box:
     "One object's class and pixel box (x0, y0, x1, y1)."
-    cls: str  # a name from `ROADWORK_CLASSES` (or `NEGATIVE_CLASSES` for hard negatives)
+    cls: str  # a name from `ROADWORK_CLASSES` (or `scenes.NEGATIVE_CLASSES` for a scene's hard negatives)
     xyxy: tuple[float, float, float, float]
 
     @property
