@@ -29,7 +29,7 @@ __all__ = ['DEMO_SEED', 'GPU_PEAKS', 'BenchError', 'default_config_path', 'Casca
            'load_eval_samples', 'valid_images', 'calibrate_cascade', 'synthetic_seed', 'checkpoint_seeds',
            'synthetic_seed_check', 'read_predictions', 'metrics_from_predictions', 'GPUCostAssumptions',
            'vlm_call_cost', 'count_stage1', 'stage1_cost', 'gpu_cost_estimate', 'gpu_cost_table', 'evaluate',
-           'bench_throughput', 'run_eval', 'demo', 'summary_rows']
+           'bench_throughput', 'run_eval', 'demo', 'summary_rows', 'build_checkpoints']
 
 # %% ../nbs/07_end_to_end.ipynb #7bbf022f
 class BenchError(S1CError):
@@ -45,7 +45,7 @@ class CascadeStack:
     stage1: object  # detect.Stage1 (anything with .predict(img))
     clients: dict  # {tier: VLMClient}
     config: CascadeConfig
-    servers: object = None  # engines.ServerManager when the tiers are stand-ins started here
+    servers: object = None  # standin.server.StandinFleet when the tiers are stand-ins started here
     standin: bool = False  # True when the VLM tiers are stand-ins (CPU classifiers behind a vLLM-shaped API)
     cost_cache: dict = field(default_factory=dict, repr=False)  # Stage-1 FLOP count, measured once per stack
 
@@ -70,12 +70,13 @@ def open_stack(
     settings: Settings | None = None,
     tiers: Sequence[str] | None = None,  # VLM tiers to open (default: those the routing uses, or all three)
     spawn: bool = False,  # run stand-ins as child processes (so a test can kill one mid-run)
-    faults: dict | None = None,  # {tier: engines.FaultConfig} for stand-ins
+    faults: dict | None = None,  # {tier: standin.server.FaultConfig} for stand-ins
     stage1=None,  # a Stage-1 model (default: the shipped one)
 ) -> CascadeStack:
     "Stage 1 + a client per VLM tier (stand-in servers started here when no URL is configured) + routing."
     from stage1_cascade.detect import default_stage1
-    from stage1_cascade.engines import ServerManager, VLMClient
+    from stage1_cascade.standin.server import StandinFleet
+    from stage1_cascade.vlm import VLMClient
     settings = settings or get_settings()
     if config is None or isinstance(config, (str, Path)):
         config = CascadeConfig.load(config or default_config_path())
@@ -92,7 +93,7 @@ def open_stack(
         raise BenchError(f"the VLM tiers {[t for t in want if t not in urls]} have no server: set S1C_FAST_URL / "
                          "S1C_POWER_URL / S1C_PRECISION_URL (or leave all unset in cpu mode for stand-ins)")
     if standin:
-        servers = ServerManager(want, faults=faults, spawn=spawn).start()
+        servers = StandinFleet(want, faults=faults, spawn=spawn).start()
         clients = servers.clients(timeout_s=settings.vlm_timeout_s)
     else:
         clients = {}
@@ -362,18 +363,18 @@ class GPUCostAssumptions:
 
     def question_tokens(self) -> int:
         "Text tokens of one request: the question's words times `tokens_per_word`, plus the template."
-        from stage1_cascade.engines import ROADWORK_PROMPT
+        from stage1_cascade.vlm import ROADWORK_PROMPT
         return math.ceil(len(ROADWORK_PROMPT.split()) * self.tokens_per_word) + self.template_tokens
 
 def _ms(flops: float, tflops: float, a: GPUCostAssumptions) -> float: return flops / (tflops * 1e12 * a.flops_fraction) * 1e3
 def _read_ms(nbytes: float, a: GPUCostAssumptions) -> float: return nbytes / (GPU_PEAKS[a.gpu]["hbm_tb_s"] * 1e12 * a.bandwidth_fraction) * 1e3
 
 def vlm_call_cost(
-    m,  # a compression.plan.ModelSpec (a VLM's facts)
+    m,  # a plan.facts.ModelSpec (a VLM's facts)
     a: GPUCostAssumptions | None = None,
 ) -> dict:
     "ESTIMATED GPU time of one VLM call (one 224 px image, the question, one answer token) from the model's facts."
-    from stage1_cascade.compression.plan import choose_precision, weight_bytes
+    from stage1_cascade.plan.facts import choose_precision, weight_bytes
     a = a or GPUCostAssumptions(); g = GPU_PEAKS[a.gpu]
     if not m.is_vlm or not m.image_tokens_224: raise BenchError(f"{m.id}: not a VLM with image_tokens_224 in the model facts")
     prec, _ = choose_precision(m, a.weights)
@@ -410,7 +411,7 @@ def count_stage1(stage1, img) -> dict:
 
 def stage1_cost(counts: dict, a: GPUCostAssumptions | None = None) -> dict:
     "ESTIMATED GPU time of one Stage-1 call from its counted FLOPs and fp16 weights (a floor: launches not counted)."
-    from stage1_cascade.compression.plan import quantized_bytes
+    from stage1_cascade.plan.facts import quantized_bytes
     a = a or GPUCostAssumptions()
     wb = quantized_bytes(counts["params"], "fp16")
     compute, memory = _ms(counts["flops"], GPU_PEAKS[a.gpu]["bf16_tflops"], a), _read_ms(wb, a)
@@ -425,7 +426,7 @@ def gpu_cost_estimate(
     table: dict | None = None,  # model facts (default: the shipped models.yaml)
 ) -> dict:
     "ESTIMATED GPU ms per call of each tier and per image of each predictor (VLM tiers: range over the tier's default models)."
-    from stage1_cascade.compression.plan import load_models
+    from stage1_cascade.plan.facts import load_models
     a = a or GPUCostAssumptions(); table = table or load_models()
     s1 = stage1_cost(stage1_counts, a)
     tiers = {"stage1": {"low_ms": s1["ms"], "high_ms": s1["ms"], "low_model": s1["model"], "high_model": s1["model"], "detail": s1}}
@@ -600,3 +601,24 @@ def summary_rows(m: dict) -> list[tuple]:
         rows.append((k, b.get("natix_reward"), b.get("mcc"), b.get("accuracy"), b.get("vlm_calls_per_image"), lat,
                      b.get("per_round", {}).get("ema_score")))
     return rows
+
+# %% ../nbs/07_end_to_end.ipynb #5c2f8a71
+def build_checkpoints(
+    out: str | Path | None = None,  # assets folder: writes out/stage1 and out/standin
+    seed: int = 0,
+    standins: bool = True,  # then rebuild the stand-in tiers from the same seed and sets, measured against the new Stage 1
+    standin_specs: dict | None = None,  # tier -> widths, size, epochs, n_train (default `standin.backends.STANDIN_SPECS`)
+    n_extra: int | None = None,  # extra stand-in training images (see `build_standins`)
+    log: Callable[[str], None] | None = None,
+    **stage1_kw,  # passed to `detect.build_stage1`: set sizes, epochs, candidates, margin, folds
+) -> dict:
+    "Every shipped checkpoint from `seed`: Stage 1, then the stand-in tiers on the same sets; returns Stage 1's manifest."
+    from stage1_cascade.detect import build_stage1
+    from stage1_cascade.standin.backends import build_standins
+    out = Path(out or assets_dir())
+    man = build_stage1(out, seed, log=log, **stage1_kw)
+    if standins:
+        sz = man["sizes"]  # the sets Stage 1 was built from: the stand-ins train and are measured on the same ones
+        build_standins(out, seed, standin_specs, n_train=sz["train"], n_boxes=sz["boxes"], n_extra=n_extra, n_test=sz["test"],
+                       stage1_dir=out/"stage1", log=log)
+    return man

@@ -212,8 +212,7 @@ def train(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the
     shipped = out.resolve() == assets_dir()
     if shipped: console.print(f"[yellow]--force: overwriting the package's shipped assets in {out}[/yellow]")
     else: console.print(f"writing the checkpoints to {out}" + (" (--force: the folder is not empty)" if force else ""))
-    from stage1_cascade.detect import build_checkpoints
-    from stage1_cascade.bench import calibrate_cascade
+    from stage1_cascade.bench import build_checkpoints, calibrate_cascade
     man = build_checkpoints(out, seed=seed, log=console.print)
     console.print_json(json.dumps({"held_out": man.get("metrics", {}).get("test", {}), "total_s": man.get("total_s")}, default=str))
     if shipped: calibrate_cascade("synthetic:400:7002", budget, out/"cascade"/"cascade.yaml")
@@ -232,7 +231,7 @@ def plan(gpus: str = typer.Option("2xH100-80GB", "--gpus", help="GPU inventory, 
          lmcache: bool = typer.Option(False, "--lmcache", help="Add LMCache (CPU KV tier) to every server."),
          out: Path = typer.Option(..., "--out", help="Folder for plan.json, gpu<i>.png, serve.sh.")):
     "Place the models on the GPUs from their architectures: plan.json, a bar chart per GPU, the vllm serve commands."
-    from stage1_cascade.compression.plan import plan as _plan
+    from stage1_cascade.serve.args import plan as _plan
     p = _plan(gpus, models, kv_dtype=kv_dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
               out=out, weights=weights, lmcache=lmcache)
     console.print(p.summary())
@@ -243,7 +242,7 @@ def compress_bench(out: Path = typer.Option(..., "--out", help="Folder for resul
                    mode: str = typer.Option("cpu", "--mode", help="cpu (tiny twins) or gpu."),
                    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated technique groups (default: all; a wrong name lists them).")):
     "Measure every compression technique (bytes, fidelity, where) beside the plan's claimed constant. Exit 3 if any failed."
-    from stage1_cascade.compression.plan import compress_bench as _cb, failures
+    from stage1_cascade.compression.report import compress_bench as _cb, failures
     rows = _cb(out, mode=mode, only=None if only is None else [g.strip() for g in only.split(",") if g.strip()])
     failed = failures(rows)
     console.print(f"{len(rows)} rows, {len(failed)} failed; table in {out}/results.md")

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # %% auto #0
 __all__ = ['TIERS', 'VLM_TIERS', 'S1CError', 'SettingsError', 'Settings', 'mask_url', 'get_settings', 'redact', 'setup_logging',
            'get_logger', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'new_run_dir',
-           'record_figures', 'assets_dir']
+           'record_figures', 'assets_dir', 'ScriptError', 'script_path', 'run_script']
 
 # %% ../nbs/00_core.ipynb #b511277f
 class S1CError(Exception):
@@ -195,3 +195,40 @@ def record_figures(notebook: str, figures: dict, settings: Settings | None = Non
 def assets_dir() -> Path:
     "Folder of the files shipped with the package (checkpoints, model facts)."
     return Path(__file__).resolve().parent/"assets"
+
+# %% ../nbs/00_core.ipynb #64ea1cf1
+import importlib.resources, shlex, subprocess
+
+class ScriptError(S1CError, RuntimeError):
+    "A script run in another environment failed, ran too long or wrote no JSON object; the message holds its stderr tail."
+
+def script_path(name: str) -> Path:
+    "A script shipped in `stage1_cascade/scripts/` (hand-written files that run in other environments)."
+    folder = Path(str(importlib.resources.files("stage1_cascade")))/"scripts"
+    if not (folder/name).is_file():
+        raise ScriptError(f"no script {name!r} in {folder}; shipped: {sorted(f.name for f in folder.glob('[!_]*.py'))}")
+    return folder/name
+
+def run_script(python: str | Path,       # interpreter of the environment the script needs
+               script: str | Path,       # the script file, e.g. `script_path('quantize_worker.py')`
+               payload: dict,            # JSON-able request: the script reads it from the file named by argv[1]
+               timeout_s: float = 600,   # the process is killed after this long
+               env: dict | None = None,  # the process environment (default: this process's)
+               what: str | None = None,  # how messages name the run (default: the script's file name)
+              ) -> dict:
+    "Run `python script PAYLOAD.json RESULT.json`; return the JSON object the script wrote there, or raise `ScriptError`."
+    what = what or Path(script).name
+    with tempfile.TemporaryDirectory(prefix="s1c-script-") as d:
+        src, dst = Path(d)/"payload.json", Path(d)/"result.json"
+        src.write_text(json.dumps(payload))
+        cmd = [str(python), str(script), str(src), str(dst)]
+        try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        except subprocess.TimeoutExpired: raise ScriptError(f"{what} ran past {timeout_s} s and was stopped: {shlex.join(cmd)}") from None
+        except OSError as e: raise ScriptError(f"{what} could not start: {e} (is {str(python)!r} a python interpreter?)") from None
+        tail = f"\n--- stderr tail ---\n{r.stderr[-3000:]}"
+        if r.returncode: raise ScriptError(f"{what} failed (exit {r.returncode}): {shlex.join(cmd)[:300]}{tail}")
+        if not dst.exists(): raise ScriptError(f"{what} exited 0 but wrote no result file (argv[2]){tail}")
+        try: res = json.loads(dst.read_text())
+        except json.JSONDecodeError as e: raise ScriptError(f"{what} wrote a result that is not JSON ({e}){tail}") from None
+        if not isinstance(res, dict): raise ScriptError(f"{what} wrote a JSON {type(res).__name__}, not an object{tail}")
+        return res

@@ -1,8 +1,7 @@
 """Three candidate image models with their real loaders (an ultralytics YOLO, an HF transformers
 RT-DETRv2, a small CNN), each turned into P(roadwork); the ones that earn their place on a
 calibration split are fused by logistic stacking. Checkpoints load only if their sha256 is
-the one recorded when the project wrote them. Also the three larger CPU classifiers the VLM
-stand-in server looks through, one per tier.
+the one recorded when the project wrote them.
 
 Docs: https://example.invalid/stage1_cascade/detection.html.md"""
 
@@ -25,13 +24,12 @@ from .scenes import synthetic_samples
 from .scoring import binary_metrics
 
 # %% auto #0
-__all__ = ['CLASSIFIER_FORMAT', 'YOLO_LAYOUT', 'STAGE1_FORMAT', 'STANDIN_SPECS', 'STANDIN_TIERS', 'MANIFEST_FORMAT', 'CHECK_N',
-           'STAGE1_CANDIDATES', 'DetectError', 'CheckpointError', 'Detection', 'DetectorResult', 'noisy_or', 'as_rgb',
-           'Detector', 'checkpoint_sha256', 'verify_checkpoint', 'SmallCNN', 'images_to_tensor', 'Classifier',
-           'save_classifier', 'load_classifier', 'train_classifier', 'ClassifierDetector', 'ultralytics_yolo',
-           'write_yolo_yaml', 'export_yolo_dataset', 'train_yolo', 'YoloDetector', 'tiny_rtdetr_config',
-           'build_hf_detector', 'HFDetector', 'LogitStacker', 'Stage1', 'default_stage1', 'cv_stacked_auc',
-           'select_members', 'standin_scorer', 'check_manifest', 'build_standins', 'build_checkpoints']
+__all__ = ['CLASSIFIER_FORMAT', 'YOLO_LAYOUT', 'STAGE1_FORMAT', 'MANIFEST_FORMAT', 'CHECK_N', 'STAGE1_CANDIDATES', 'DetectError',
+           'CheckpointError', 'Detection', 'DetectorResult', 'noisy_or', 'as_rgb', 'Detector', 'checkpoint_sha256',
+           'verify_checkpoint', 'SmallCNN', 'images_to_tensor', 'Classifier', 'save_classifier', 'load_classifier',
+           'train_classifier', 'ClassifierDetector', 'ultralytics_yolo', 'write_yolo_yaml', 'export_yolo_dataset',
+           'train_yolo', 'YoloDetector', 'tiny_rtdetr_config', 'build_hf_detector', 'HFDetector', 'LogitStacker',
+           'Stage1', 'default_stage1', 'cv_stacked_auc', 'select_members', 'check_manifest', 'build_stage1']
 
 # %% ../nbs/08_detection.ipynb #8530628b
 class DetectError(S1CError):
@@ -181,7 +179,7 @@ def save_classifier(clf:Classifier, path:str|Path, half:bool=False)->Path:
 def load_classifier(path:str|Path)->Classifier:
     "Load a classifier written by `save_classifier` (weights only, no pickled code)."
     path = Path(path)
-    if not path.is_file(): raise CheckpointError(f"classifier checkpoint {str(path)!r} does not exist; run `stage1-cascade train` or `build_checkpoints()`")
+    if not path.is_file(): raise CheckpointError(f"classifier checkpoint {str(path)!r} does not exist; run `stage1-cascade train` or `bench.build_checkpoints()`")
     try: ck = torch.load(path, map_location="cpu", weights_only=True)  # refuses pickled code: tensors and plain data only
     except Exception as e:
         raise CheckpointError(f"{str(path)!r} is not a checkpoint `torch.load(weights_only=True)` accepts "
@@ -538,29 +536,11 @@ def select_members(names:Sequence[str], # candidate names, the columns of `P`
     return {"metric": f"out-of-fold stacked ROC AUC on the calibration split ({folds} folds)", "margin": margin, "folds": folds,
             "kept": kept, "cv_auc": best, "alone": alone, "gain": gain, "reasons": reasons}
 
-# %% ../nbs/08_detection.ipynb #72697765
-STANDIN_SPECS = {  # tier: SmallCNN widths, input side, epochs, number of training images (taken from the pool in order)
-    "fast":      {"widths": (16, 32, 64, 128, 192), "size": 112, "epochs": 5, "n_train": 1300},
-    "power":     {"widths": (16, 32, 64, 128, 192, 256), "size": 112, "epochs": 6, "n_train": 2000},
-    "precision": {"widths": (16, 32, 64, 128, 256, 384), "size": 128, "epochs": 5, "n_train": 2600},
-}
-STANDIN_TIERS = tuple(STANDIN_SPECS)
-
-def standin_scorer(name:str="fast", # tier: 'fast', 'power' or 'precision'
-                   path:str|Path|None=None # checkpoint; default the tier's shipped assets/standin/<name>.pt
-                  )->Callable[[Image.Image], float]:
-    "P(roadwork) from the stand-in server's CPU classifier for tier `name`."
-    if name not in STANDIN_SPECS: raise DetectError(f"unknown stand-in tier {name!r}; allowed: {list(STANDIN_SPECS)}")
-    clf = load_classifier(path or assets_dir()/"standin"/f"{name}.pt")
-    def score(img)->float: return float(clf.predict_proba([as_rgb(img)])[0])
-    score.tier, score.classifier = name, clf
-    return score
-
 # %% ../nbs/08_detection.ipynb #73e0a850
 MANIFEST_FORMAT = "stage1_cascade.manifest/2"
 CHECK_N = 48  # first held-out images whose metrics a manifest records for `check_manifest` to recompute
-_WRITERS = {"stage1": ("build_checkpoints", "Stage-1 candidates trained on synthetic scenes; the kept ones are fused in stage1.json"),
-            "standin": ("build_standins", "CPU classifiers standing in for the VLM tiers (not VLMs)")}
+_WRITERS = {"stage1": ("stage1_cascade.detect.build_stage1", "Stage-1 candidates trained on synthetic scenes; the kept ones are fused in stage1.json"),
+            "standin": ("stage1_cascade.standin.backends.build_standins", "CPU classifiers standing in for the VLM tiers (not VLMs)")}
 
 def _seeds(seed:int)->dict:
     "The disjoint synthetic sets of one build, by role."
@@ -598,7 +578,7 @@ def _write_manifest(d:Path, # the folder it describes
     "Write `d/manifest.json` in the schema both builders share; return it."
     fs = {r: {"sha256": checkpoint_sha256(d/r), "bytes": _dir_bytes(d/r)} for r in files}
     writer, description = _WRITERS[what]
-    man = {"format": MANIFEST_FORMAT, "what": what, "description": description, "written_by": f"stage1_cascade.detect.{writer}",
+    man = {"format": MANIFEST_FORMAT, "what": what, "description": description, "written_by": writer,
            "seed": seed, "seeds": _seeds(seed), "synthetic": True, "sizes": sizes, "generate_s": round(generate_s, 1),
            "models": models, **extra, "metrics": metrics, "check": check, "files": fs,
            "total_bytes": sum(v["bytes"] for v in fs.values()), "total_s": round(time.perf_counter() - t0, 1),
@@ -640,41 +620,6 @@ def check_manifest(d:str|Path, # a folder the builders wrote: assets/stage1 or a
     if diffs: raise CheckpointError(f"{str(f)!r} records metrics its checkpoints do not give ({'; '.join(diffs)}); rebuild with `stage1-cascade train`")
     return got
 
-# %% ../nbs/08_detection.ipynb #308be941
-def build_standins(out:str|Path|None=None, # assets folder: writes out/standin/<tier>.pt and out/standin/manifest.json
-                   seed:int=0,
-                   specs:dict|None=None, # tier -> widths, size, epochs, n_train; default `STANDIN_SPECS`
-                   n_train:int=1000, n_boxes:int=300, # the Stage-1 training and box sets (seed*1000+1, +4), first in the pool
-                   n_extra:int|None=None, # extra training images (seed*1000+5), last in the pool; default: enough for the largest tier
-                   n_test:int=240, # held-out images (seed*1000+3), the split Stage 1 is measured on
-                   stage1_dir:str|Path|None=None, # Stage 1 to measure on the same images; default out/stage1 if it exists
-                   log:Callable[[str], None]|None=None)->dict:
-    "Train the stand-in server's tier classifiers from `seed`, measure them against Stage 1, write out/standin with its manifest."
-    log = log or get_logger("detect").info; out = Path(out or assets_dir()); t_all = time.perf_counter()
-    specs = specs or STANDIN_SPECS; seeds = _seeds(seed); t = time.perf_counter()
-    if n_extra is None: n_extra = max(0, max(v["n_train"] for v in specs.values()) - n_train - n_boxes)
-    pool = synthetic_samples(n_train, seeds["train"]) + synthetic_samples(n_boxes, seeds["boxes"], levels=(0,)) + synthetic_samples(n_extra, seeds["extra"])
-    too_many = {k: v["n_train"] for k, v in specs.items() if v["n_train"] > len(pool)}
-    if too_many: raise DetectError(f"n_train {too_many} exceeds the pool of {len(pool)} images; raise n_extra")
-    test_set = synthetic_samples(n_test, seeds["test"]); gen_s = time.perf_counter() - t
-    log(f"generated {len(pool)}+{n_test} samples in {gen_s:.0f} s")
-    imgs, y = [s.pil() for s in test_set], np.array([s.label for s in test_set])
-    new = out/"standin.new"; shutil.rmtree(new, ignore_errors=True); new.mkdir(parents=True)
-    models, scores = {}, {}
-    for name, sp in specs.items():
-        clf = train_classifier(pool[: sp["n_train"]], widths=sp["widths"], size=sp["size"], epochs=sp["epochs"], seed=seed, name=f"standin-{name}", log=log)
-        path = save_classifier(clf, new/f"{name}.pt", half=True)
-        models[name] = {"file": path.name, "widths": list(sp["widths"]), "params": clf.n_params, "input": clf.size, **clf.meta}
-        scores[f"standin_{name}"] = load_classifier(path).predict_proba(imgs)  # as shipped: fp16 weights
-    metrics = {k: binary_metrics(y, p) for k, p in scores.items()}
-    s1 = Path(stage1_dir) if stage1_dir else out/"stage1"
-    if (s1/"stage1.json").exists(): metrics["stage1_fused"] = binary_metrics(y, Stage1.load(s1).predict_many(imgs))
-    log(f"stand-in tiers on {n_test} held-out images: {metrics}")
-    man = _write_manifest(new, "standin", seed, {"pool": len(pool), "test": n_test}, gen_s, models, {"test": metrics},
-                          _check_block(test_set, scores, seeds["test"]), [m["file"] for m in models.values()], t_all)
-    _replace_dir(new, out/"standin")
-    return man
-
 # %% ../nbs/08_detection.ipynb #320e06eb
 STAGE1_CANDIDATES = ("cnn", "yolo", "rtdetr")  # one name per model: in stage1.json, the manifest and the metrics
 
@@ -699,17 +644,15 @@ def _ms_per_image(det:Detector, imgs:Sequence, n:int=32)->float:
     for im in imgs: det.predict(im)
     return round((time.perf_counter() - t) * 1e3 / len(imgs), 1)
 
-def build_checkpoints(out:str|Path|None=None, # assets folder: writes out/stage1 and out/standin
-                      seed:int=0,
-                      n_train:int=1000, n_cal:int=240, n_test:int=240, n_boxes:int=300, # synthetic set sizes
-                      cnn_epochs:int=6, yolo_epochs:int=8, hf_steps:int=40,
-                      candidates:Sequence[str]=STAGE1_CANDIDATES, # the Stage-1 models to train and choose from
-                      margin:float=0.005, # cross-validated AUC on `cal` a member must add to be kept
-                      folds:int=5, # cross-validation folds on `cal`
-                      standins:bool=True, # then rebuild the stand-in tiers (`build_standins`) from the same seed
-                      standin_specs:dict|None=None, n_extra:int|None=None, # passed to `build_standins`
-                      log:Callable[[str], None]|None=None)->dict:
-    "Train the Stage-1 candidates from `seed`, keep those that earn their place, write out/stage1 and its manifest, then the stand-ins."
+def build_stage1(out:str|Path|None=None, # assets folder: writes out/stage1
+                 seed:int=0,
+                 n_train:int=1000, n_cal:int=240, n_test:int=240, n_boxes:int=300, # synthetic set sizes
+                 cnn_epochs:int=6, yolo_epochs:int=8, hf_steps:int=40,
+                 candidates:Sequence[str]=STAGE1_CANDIDATES, # the Stage-1 models to train and choose from
+                 margin:float=0.005, # cross-validated AUC on `cal` a member must add to be kept
+                 folds:int=5, # cross-validation folds on `cal`
+                 log:Callable[[str], None]|None=None)->dict:
+    "Train the Stage-1 candidates from `seed`, keep those that earn their place, write out/stage1 and its manifest."
     log = log or get_logger("detect").info; out = Path(out or assets_dir()); t_all = time.perf_counter()
     names = list(candidates)
     if not names or len(set(names)) != len(names) or set(names) - set(STAGE1_CANDIDATES):
@@ -748,5 +691,4 @@ def build_checkpoints(out:str|Path|None=None, # assets folder: writes out/stage1
                           stacker=asdict(stage.stacker), stage1_ms_per_image=round(sum(models[k]["ms_per_image"] for k in kept), 1))
     _replace_dir(new, out/"stage1")
     log(f"Stage 1 = {kept}: held-out {metrics['test']['stage1_fused']} ({man['total_s']:.0f} s)")
-    if standins: build_standins(out, seed, standin_specs, n_train=n_train, n_boxes=n_boxes, n_extra=n_extra, n_test=n_test, stage1_dir=out/"stage1", log=log)
     return man

@@ -5,6 +5,7 @@ import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from stage1_cascade.cli import OutputNotEmpty, train_target
 from stage1_cascade.core import assets_dir, new_run_dir
@@ -40,7 +41,7 @@ def test_run_config_masks_url_credentials(tmp_path, monkeypatch):
 
 def test_error_line_masks_url_credentials(tmp_path):
     "Servers configured but unreachable: the one-line error names the server, not its credentials."
-    img = tmp_path/"x.jpg"; img.write_bytes(b"not used: the stack fails first")
+    img = tmp_path/"x.jpg"; Image.new("RGB", (224, 224), (90, 90, 90)).save(img)  # valid: predict opens the stack at the first valid image
     r = run_cli("predict", img, env={f"S1C_{t}_URL": URL for t in ("FAST", "POWER", "PRECISION")})
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
     assert "error:" in r.stderr and shown(r.stderr) == (False, False, True)

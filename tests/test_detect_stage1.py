@@ -1,4 +1,4 @@
-"Stage 1 (stage1_cascade.detect): the shipped checkpoints, every adapter (tiny ones for the candidates the shipped stack leaves out), fusion, member selection, checksums and the stand-in scorers."
+"Stage 1 (stage1_cascade.detect): the shipped checkpoints, every adapter (tiny ones for the candidates the shipped stack leaves out), fusion, member selection and checksums."
 import json, os, shutil
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
@@ -10,10 +10,10 @@ from stage1_cascade.core import assets_dir
 from stage1_cascade.data import InvalidImage, to_jpeg
 from stage1_cascade.scenes import synthetic_samples
 from stage1_cascade.scoring import binary_metrics, round_predictions
-from stage1_cascade.detect import (MANIFEST_FORMAT, STAGE1_FORMAT, STANDIN_TIERS, CheckpointError, ClassifierDetector, Detection,
+from stage1_cascade.detect import (MANIFEST_FORMAT, STAGE1_FORMAT, CheckpointError, ClassifierDetector, Detection,
                                    DetectError, DetectorResult, HFDetector, LogitStacker, Stage1, YoloDetector,
                                    build_hf_detector, checkpoint_sha256, default_stage1, load_classifier, save_classifier,
-                                   select_members, standin_scorer, train_classifier, ultralytics_yolo, write_yolo_yaml)
+                                   select_members, train_classifier, ultralytics_yolo, write_yolo_yaml)
 
 EVAL_SEED = 9001  # not one of build_checkpoints' seeds (seed*1000 + 1..5)
 
@@ -47,14 +47,16 @@ def test_shipped_assets_are_small_and_described():
     man = json.loads((d/"manifest.json").read_text())
     total = sum(f.stat().st_size for s in ("stage1", "standin") for f in (assets_dir()/s).rglob("*") if f.is_file())
     assert total < 8 * 2**20, f"shipped Stage-1 + stand-in assets are {total} bytes, over 8 MiB"
-    assert man["format"] == MANIFEST_FORMAT and man["written_by"] == "stage1_cascade.detect.build_checkpoints"
+    # the shipped manifest predates the split of build_checkpoints into detect.build_stage1 + bench.build_checkpoints (issue 8);
+    # a rebuild (`stage1-cascade train --force`) writes the new name
+    assert man["format"] == MANIFEST_FORMAT and man["written_by"] in ("stage1_cascade.detect.build_stage1", "stage1_cascade.detect.build_checkpoints")
     assert man["seed"] == 0 and man["synthetic"] is True and "stage1_fused" in man["metrics"]["test"]
     assert man["members"] == [c for c, m in man["models"].items() if m["kept"]]
     for c, m in man["models"].items():  # every candidate measured; only the kept ones shipped
         assert {"auc", "mcc", "accuracy"} <= set(m["test"]) and m["ms_per_image"] > 0 and m["reason"], c
         assert (d/m["file"]).exists() == m["kept"], c
-    sman = json.loads((assets_dir()/"standin"/"manifest.json").read_text())
-    assert sman["format"] == MANIFEST_FORMAT and sman["synthetic"] is True and set(sman["models"]) == set(STANDIN_TIERS)
+    sman = json.loads((assets_dir()/"standin"/"manifest.json").read_text())  # its tiers: tests/test_standin_tiers.py
+    assert sman["format"] == MANIFEST_FORMAT
 
 
 def test_fused_stage1_beats_chance(stage1, held_out):
@@ -134,7 +136,6 @@ def test_bad_inputs_are_typed(stage1, tmp_path):
     with pytest.raises(CheckpointError, match="stage1.json"): Stage1.load(tmp_path)
     (tmp_path/"x.pt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="x.pt"): load_classifier(tmp_path/"x.pt")
-    with pytest.raises(DetectError, match="allowed"): standin_scorer("ultra")
     with pytest.raises(DetectError, match="both labels"): LogitStacker.fit(["a"], np.array([[0.2], [0.3]]), np.array([1, 1]))
     with pytest.raises(DetectError, match="each label"): select_members(["a"], np.array([[0.2], [0.3], [0.4]]), np.array([1, 1, 0]))
 
@@ -158,29 +159,6 @@ def test_select_members_keeps_what_helps_and_says_why():
     assert sel["gain"]["copy"] <= 0.005 < sel["gain"][sel["kept"][1]]
     # a larger margin keeps only the best one
     assert len(select_members(["a", "b"], np.stack([a, b], 1), y, margin=0.5)["kept"]) == 1
-
-
-def test_standin_tiers_look_at_the_image(held_out):
-    imgs, y = held_out
-    fast, prec = standin_scorer("fast"), standin_scorer("precision")
-    pf = np.array([fast(im) for im in imgs]); pp = np.array([prec(im) for im in imgs])
-    assert ((pf >= 0) & (pf <= 1)).all() and not np.allclose(pf, pp)  # two different models
-    assert binary_metrics(y, pf)["accuracy"] >= 0.6 and binary_metrics(y, pp)["accuracy"] >= 0.6
-    assert pf.std() > 0.05  # it answers differently for different images
-
-
-def test_standin_tiers_are_their_own_checkpoints(tmp_path):
-    man = json.loads((assets_dir()/"standin"/"manifest.json").read_text())
-    assert list(man["models"]) == ["fast", "power", "precision"]
-    clfs = {t: standin_scorer(t).classifier for t in man["models"]}
-    for t, c in clfs.items():
-        assert c.widths == man["models"][t]["widths"] and c.size == man["models"][t]["input"], t
-        assert c.n_params == man["models"][t]["params"], t
-    assert clfs["fast"].n_params < clfs["power"].n_params < clfs["precision"].n_params
-    assert set(man["metrics"]["test"]) >= {"standin_fast", "standin_power", "standin_precision"}
-    # the path override loads whatever checkpoint it is given
-    p = save_classifier(clfs["fast"], tmp_path/"f.pt")
-    assert standin_scorer("precision", path=p).classifier.widths == clfs["fast"].widths
 
 
 def test_train_classifier_is_reproducible(tmp_path):

@@ -1,17 +1,18 @@
-"Planner: model table, KV/weight formulas against twins and configs, placement, outputs, errors."
+"Planner: model table, KV/weight formulas against twins and configs (plan.facts), placement, outputs, errors (plan.placement)."
 import json, os
 import pytest
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from stage1_cascade.compression import plan as P
+from stage1_cascade.plan import facts as F, placement as P
+from stage1_cascade.serve.args import plan
 
 
 def test_table_has_the_default_26_and_validates():
-    t = P.load_models()
+    t = F.load_models()
     d26 = [m for m in t.values() if m.default26]
     assert len(d26) == 26
-    assert {m.tier for m in d26} == set(P.TIERS)
+    assert {m.tier for m in d26} == set(F.TIERS)
 
 
 def test_bad_rows_are_refused_by_name(tmp_path):
@@ -19,48 +20,48 @@ def test_bad_rows_are_refused_by_name(tmp_path):
     row = {"id": "x", "name": "x", "tier": "fast", "params_b": 1.0, "layers": 4, "kv_heads": 2, "head_dim": 8,
            "attention": {"kind": "hybrid", "full_layers": 9}, "checkpoints": {"bf16": "x"}}
     bad.write_text(yaml.safe_dump({"models": [row]}))
-    with pytest.raises(P.PlanError, match="full_layers 9"):
-        P.load_models(bad)
+    with pytest.raises(F.PlanError, match="full_layers 9"):
+        F.load_models(bad)
     row["tier"] = "ultra"
     bad.write_text(yaml.safe_dump({"models": [row]}))
-    with pytest.raises(P.PlanError, match="'ultra'"):
-        P.load_models(bad)
+    with pytest.raises(F.PlanError, match="'ultra'"):
+        F.load_models(bad)
 
 
 def test_kv_formula_matches_measured_twin_caches():
-    cfgs = P.tiny_twin_configs()  # notebook 05 also runs the Qwen2-VL twin; kept out here for time
+    cfgs = F.tiny_twin_configs()  # notebook 05a also runs the Qwen2-VL twin; kept out here for time
     for name in ("qwen3", "llama", "gemma3-text"):
-        r = P.twin_kv_check(cfgs[name], n_tokens=37)
+        r = F.twin_kv_check(cfgs[name], n_tokens=37)
         assert r["measured_bytes"] > 0
         assert r["formula_bytes"] == r["measured_bytes"], (name, r)
 
 
 def test_kv_kinds():
-    t = P.load_models()
+    t = F.load_models()
     q = t["qwen3-vl-32b"]
-    assert P.kv_bytes_per_token(q)["growing"] == 2 * 64 * 8 * 128 * 2
-    assert P.kv_bytes_per_seq(q, 1000, "fp8") == 1000 * 64 * 8 * 128 * 2
+    assert F.kv_bytes_per_token(q)["growing"] == 2 * 64 * 8 * 128 * 2
+    assert F.kv_bytes_per_seq(q, 1000, "fp8") == 1000 * 64 * 8 * 128 * 2
     k = t["kimi-vl-a3b"]  # MLA: latent only
-    assert P.kv_bytes_per_seq(k, 100) == 100 * (512 + 64) * 27 * 2
+    assert F.kv_bytes_per_seq(k, 100) == 100 * (512 + 64) * 27 * 2
     g = t["gemma-3-4b-it"]  # sliding layers stop at window-1 tokens
-    small, big = P.kv_bytes_per_seq(g, 8000), P.kv_bytes_per_seq(g, 16000)
+    small, big = F.kv_bytes_per_seq(g, 8000), F.kv_bytes_per_seq(g, 16000)
     assert big - small == 8000 * 2 * 5 * 4 * 256 * 2
-    q35 = P.kv_bytes_per_token(t["qwen3.5-35b-a3b"])
+    q35 = F.kv_bytes_per_token(t["qwen3.5-35b-a3b"])
     assert q35["fixed_per_seq"] > 50 * 2**20 and q35["growing"] == 2 * 10 * 2 * 256 * 2
 
 
 def test_weight_formula_scales_with_precision():
-    m = P.load_models()["qwen3-vl-8b"]
-    b16, f8, i4 = (P.weight_bytes(m, p)["total"] for p in ("bf16", "fp8", "int4"))
+    m = F.load_models()["qwen3-vl-8b"]
+    b16, f8, i4 = (F.weight_bytes(m, p)["total"] for p in ("bf16", "fp8", "int4"))
     assert b16 == pytest.approx(2 * 8.8e9)
     assert i4 < f8 < b16
     # int4 pays its group scales: more than half a byte per quantized weight
     body = m.params_b * 1e9 - m.vision_params_b * 1e9 - m.vocab_size * m.hidden_size * 2
-    assert P.weight_bytes(m, "int4")["llm"] == pytest.approx(body * 0.5 + body / 128 * 2.5)
+    assert F.weight_bytes(m, "int4")["llm"] == pytest.approx(body * 0.5 + body / 128 * 2.5)
 
 
 def test_default26_on_two_h100_does_not_fit_and_says_so(tmp_path):
-    p = P.plan("2xH100-80GB", "default26", out=tmp_path)
+    p = plan("2xH100-80GB", "default26", out=tmp_path)
     assert not p.fits_all
     assert p.totals["demand_GB"] > p.totals["capacity_GB"]
     assert "Not everything fits" in p.summary()
@@ -109,12 +110,12 @@ def test_fp8_kv_shrinks_the_demand():
     ("1xL4-24GB", "internvl3.5-38b", "cannot hold even one model"),
 ])
 def test_errors_name_the_value(gpus, models, match):
-    with pytest.raises(P.PlanError, match=match):
+    with pytest.raises(F.PlanError, match=match):
         P.make_plan(gpus, models)
 
 
 def test_bad_kv_dtype_and_lengths():
-    with pytest.raises(P.PlanError, match="'fp4'"):
+    with pytest.raises(F.PlanError, match="'fp4'"):
         P.make_plan("2xH100-80GB", "default26", kv_dtype="fp4")
-    with pytest.raises(P.PlanError, match="max_num_seqs"):
+    with pytest.raises(F.PlanError, match="max_num_seqs"):
         P.make_plan("2xH100-80GB", "default26", max_num_seqs=0)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from stage1_cascade.compression.quant import (QuantEnv, QuantError, SCHEMES, default_env_dir, quantize,
-                                              safetensors_bytes, save_twin)
+from stage1_cascade.compression.quant import (QuantEnv, QuantError, SCHEMES, calibration_texts, default_env_dir,
+                                              quantize, safetensors_bytes, save_twin)
+from stage1_cascade.core import ScriptError, run_script, script_path
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,20 @@ def test_worker_failure_carries_stderr_tail(twin, tmp_path):
         quantize(twin, "FP8_DYNAMIC", out=tmp_path/"out", env=fake, timeout_s=120)
     msg = str(e.value)
     assert "exit 1" in msg and "stderr tail" in msg and "ModuleNotFoundError" in msg and "llmcompressor" in msg
+    assert json.loads((tmp_path/"out"/"s1c-quantize-request.json").read_text())["scheme"] == "FP8_DYNAMIC"  # left for a rerun by hand
+
+
+def test_worker_reads_its_request_without_llmcompressor(twin, tmp_path):
+    "The worker file in this interpreter: a dry run checks the request and builds the same calibration texts."
+    req = dict(model_dir=str(twin), out=str(tmp_path/"o"), scheme="W4A16", method="awq", needs_data=True,
+               calibration=dict(n=5, seed=3, seq_len=64), check_len=32, seed=0, dry_run=True)
+    res = run_script(sys.executable, script_path("quantize_worker.py"), req, timeout_s=120)
+    assert res["dry_run"] is True and res["n_texts"] == 5 and res["first_text"] == calibration_texts(5, 3)[0]
+    with pytest.raises(ScriptError, match="quantize request lacks \\['check_len', 'seed'\\]"):
+        run_script(sys.executable, script_path("quantize_worker.py"),
+                   {k: v for k, v in req.items() if k not in ("check_len", "seed")}, timeout_s=120)
+    with pytest.raises(ScriptError, match="calibration \\{'n': 5\\} needs n, seed and seq_len"):
+        run_script(sys.executable, script_path("quantize_worker.py"), req | {"calibration": {"n": 5}}, timeout_s=120)
 
 
 def test_twin_sizes_from_safetensors_headers(twin):

@@ -19,15 +19,16 @@ import torch
 from transformers import Cache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from ..core import S1CError, assets_dir, atomic_write_json, get_logger, get_settings
+from ..core import (
+    S1CError, ScriptError, assets_dir, atomic_write_json, get_logger, get_settings, run_script, script_path)
+from ..scripts.quantize_worker import calibration_texts  # the worker's own texts, not a copy
 
 # %% auto #0
-__all__ = ['SCHEMES', 'METHODS', 'LLMCOMPRESSOR_SPEC', 'TORCH_SPEC', 'WORKER_SOURCE', 'RECORD', 'QuantError', 'pack_codes',
-           'unpack_codes', 'QuantizedTensor', 'quantize_uniform', 'rel_error', 'low_rank', 'GEARTensor',
-           'gear_compress', 'plain_at_bytes', 'compare_equal_bytes', 'GEARLayer', 'GEARCache', 'gear_factory',
-           'bench_quant', 'QuantEnv', 'default_env_dir', 'ensure_quantize_env', 'calibration_texts', 'save_twin',
-           'safetensors_bytes', 'write_worker', 'quantize', 'quantize_twin_suite', 'recorded_run', 'weight_rows',
-           'quantize_autoawq']
+__all__ = ['SCHEMES', 'METHODS', 'LLMCOMPRESSOR_SPEC', 'TORCH_SPEC', 'RECORD', 'QuantError', 'pack_codes', 'unpack_codes',
+           'QuantizedTensor', 'quantize_uniform', 'rel_error', 'low_rank', 'GEARTensor', 'gear_compress',
+           'plain_at_bytes', 'compare_equal_bytes', 'GEARLayer', 'GEARCache', 'gear_factory', 'bench_quant', 'QuantEnv',
+           'default_env_dir', 'ensure_quantize_env', 'save_twin', 'safetensors_bytes', 'quantize',
+           'quantize_twin_suite', 'recorded_run', 'weight_rows', 'quantize_autoawq']
 
 # %% ../../nbs/04_quantization.ipynb #61365997
 class QuantError(S1CError, ValueError):
@@ -370,11 +371,9 @@ def default_env_dir() -> Path:
 def _env_python(path:Path) -> Path: return Path(path)/"bin"/"python"
 
 def _env_versions(py:Path, timeout_s:float=300) -> dict:
-    code = ("import json, importlib.metadata as m; print(json.dumps({p: m.version(p) for p in "
-            "('llmcompressor', 'compressed-tensors', 'transformers', 'torch')}))")
-    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=timeout_s)
-    if r.returncode: raise QuantError(f"the quantize environment at {py.parent.parent} is broken: {r.stderr[-1500:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    pkgs = ["llmcompressor", "compressed-tensors", "transformers", "torch"]
+    try: return run_script(py, script_path("package_versions.py"), {"packages": pkgs}, timeout_s)
+    except ScriptError as e: raise QuantError(f"the quantize environment at {Path(py).parent.parent} is broken: {e}") from e
 
 def _run(cmd:list, what:str, timeout_s:float, env:dict|None=None) -> subprocess.CompletedProcess:
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout_s, env=env)
@@ -409,15 +408,6 @@ def ensure_quantize_env(path:str|Path|None=None,   # default: `default_env_dir()
     return QuantEnv(path, py, created, time.perf_counter() - t0, _env_versions(py))
 
 # %% ../../nbs/04_quantization.ipynb #7f35f3d2
-def calibration_texts(n:int=16, seed:int=0, words:int=48) -> list[str]:
-    "Generated calibration sentences (no data set download): words made of road-work syllables."
-    import random
-    rng = random.Random(seed)
-    syll = ["ro", "ad", "work", "cone", "sign", "lane", "bar", "ri", "er", "tra", "ffic", "de", "tour",
-            "street", "ve", "hi", "cle", "crew", "pave", "ment", "clo", "sed", "man", "ahead"]
-    vocab = sorted({"".join(rng.sample(syll, rng.randint(1, 3))) for _ in range(400)})
-    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
-
 def _word_tokenizer(texts:list[str]):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -474,85 +464,6 @@ def safetensors_bytes(folder:str|Path) -> dict:
             out["dtypes"][meta["dtype"]] = out["dtypes"].get(meta["dtype"], 0) + b
     return out
 
-# %% ../../nbs/04_quantization.ipynb #0d3207f0
-WORKER_SOURCE = r'''"Quantize a checkpoint with llm-compressor. Runs in the quantize environment: `python quant_worker.py REQUEST.json`."
-import json, os, sys, time
-
-def _texts(n, seed, words=48):
-    import random
-    rng = random.Random(seed)
-    syll = ["ro", "ad", "work", "cone", "sign", "lane", "bar", "ri", "er", "tra", "ffic", "de", "tour",
-            "street", "ve", "hi", "cle", "crew", "pave", "ment", "clo", "sed", "man", "ahead"]
-    vocab = sorted({"".join(rng.sample(syll, rng.randint(1, 3))) for _ in range(400)})
-    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
-
-def _cpu_patches():
-    "Without an accelerator, skip llm-compressor's pinning of cached activations (it only speeds host-to-device copies)."
-    import torch
-    if torch.accelerator.is_available(): return []
-    from llmcompressor.pipelines.cache import IntermediatesCache
-    IntermediatesCache.pin_memory = lambda self, *a, **k: None
-    return ["IntermediatesCache.pin_memory skipped: no accelerator (pinning only speeds host-to-device copies)"]
-
-def _recipe(scheme, method):
-    from llmcompressor.modifiers.quantization import QuantizationModifier
-    quant = QuantizationModifier(targets=["Linear"], scheme=scheme, ignore=["lm_head"])
-    if method == "awq":
-        from llmcompressor.modifiers.transform.awq import AWQModifier
-        return [AWQModifier(duo_scaling=True), quant]
-    return [quant]
-
-def _logits(model, ids):
-    import torch
-    with torch.no_grad(): return model(input_ids=ids).logits.float()
-
-def run_request(req:dict) -> dict:
-    "Quantize `req['model_dir']` into `req['out']` and check the saved checkpoint loads and runs."
-    import torch, transformers, llmcompressor, compressed_tensors
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from llmcompressor import oneshot
-    t0 = time.perf_counter()
-    res = {"versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                        "llmcompressor": llmcompressor.__version__, "compressed_tensors": compressed_tensors.__version__},
-           "patches": _cpu_patches(), "device": "cuda" if torch.cuda.is_available() else "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(req["model_dir"], dtype="auto")
-    tok = AutoTokenizer.from_pretrained(req["model_dir"])
-    kw = {}
-    if req["needs_data"]:
-        from datasets import Dataset
-        cal = req["calibration"]
-        enc = tok(_texts(cal["n"], cal["seed"]), truncation=True, max_length=cal["seq_len"])
-        kw = dict(dataset=Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}),
-                  num_calibration_samples=cal["n"], max_seq_length=cal["seq_len"])
-    t1 = time.perf_counter()
-    oneshot(model=model, recipe=_recipe(req["scheme"], req["method"]), processor=tok, **kw)
-    t2 = time.perf_counter()
-    model.save_pretrained(req["out"], save_compressed=True)
-    tok.save_pretrained(req["out"])
-    t3 = time.perf_counter()
-    del model
-    ids = torch.randint(0, len(tok), (2, req["check_len"]), generator=torch.Generator().manual_seed(req["seed"]))
-    ref = _logits(AutoModelForCausalLM.from_pretrained(req["model_dir"], dtype="auto"), ids)
-    q = AutoModelForCausalLM.from_pretrained(req["out"], dtype="auto")
-    got = _logits(q, ids)
-    t4 = time.perf_counter()
-    res["load_back"] = {"max_abs_diff": (got - ref).abs().max().item(), "ref_abs_max": ref.abs().max().item(),
-                        "top1_agreement": (got.argmax(-1) == ref.argmax(-1)).float().mean().item(),
-                        "n_positions": int(ids.numel()), "model_class": type(q).__name__}
-    res["seconds"] = {"load": t1 - t0, "oneshot": t2 - t1, "save": t3 - t2, "load_back": t4 - t3}
-    return res
-
-if __name__ == "__main__" and os.environ.get("S1C_QUANT_WORKER") == "1":
-    _req = json.load(open(sys.argv[1]))
-    with open(_req["result"], "w") as _f: json.dump(run_request(_req), _f, indent=2)
-'''
-
-def write_worker(folder:str|Path) -> Path:
-    "Write the worker script into `folder` (it runs with the quantize environment's python)."
-    p = Path(folder)/"s1c_quant_worker.py"
-    p.write_text(WORKER_SOURCE)
-    return p
-
 # %% ../../nbs/04_quantization.ipynb #1b9c905b
 def _parse_calibration(spec) -> dict:
     if isinstance(spec, dict): return dict(dict(n=16, seed=0, seq_len=64), **spec)
@@ -585,20 +496,16 @@ def quantize(model_dir:str|Path,          # a Hugging Face model folder (config.
     out = Path(out or f"{model_dir}-{scheme}")
     out.mkdir(parents=True, exist_ok=True)
     req = dict(model_dir=str(model_dir), out=str(out), scheme=scheme, method=method,
-               needs_data=method == "awq", calibration=cal,
-               check_len=check_len, seed=seed, result=str(out/"s1c-quantize-result.json"))
-    req_path = out/"s1c-quantize-request.json"
-    atomic_write_json(req_path, req)
-    penv = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                S1C_QUANT_WORKER="1", PYTHONNOUSERSITE="1")
+               needs_data=method == "awq", calibration=cal, check_len=check_len, seed=seed)
+    atomic_write_json(out/"s1c-quantize-request.json", req)   # kept beside the checkpoint: how it was made
+    penv = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONNOUSERSITE="1")
     penv.pop("PYTHONPATH", None)
     t0 = time.perf_counter()
-    try:
-        _run([py, write_worker(out), req_path], f"the llm-compressor worker ({scheme}, {method})", timeout_s, env=penv)
-    except subprocess.TimeoutExpired as e:
-        raise QuantError(f"the llm-compressor worker ({scheme}) ran past {timeout_s} s") from e
+    try: res = run_script(py, script_path("quantize_worker.py"), req, timeout_s, env=penv,
+                          what=f"the llm-compressor worker ({scheme}, {method})")
+    except ScriptError as e: raise QuantError(str(e)) from e
     wall = time.perf_counter() - t0
-    res = json.loads(Path(req["result"]).read_text())
+    atomic_write_json(out/"s1c-quantize-result.json", res)
     cfg = json.loads((out/"config.json").read_text()).get("quantization_config") or {}
     if cfg.get("quant_method") != "compressed-tensors":
         raise QuantError(f"{out}/config.json has quant_method {cfg.get('quant_method')!r}, not 'compressed-tensors'")
@@ -668,29 +575,6 @@ def weight_rows(run:dict) -> list[dict]:
     return rows
 
 # %% ../../nbs/04_quantization.ipynb #a8291f4b
-_AWQ_SCRIPT = """
-import json, sys, time
-from awq import AutoAWQForCausalLM
-from transformers import AutoTokenizer
-req = json.load(open(sys.argv[1]))
-sys.path.insert(0, req["worker_dir"]); from s1c_quant_worker import _texts
-t0 = time.perf_counter()
-m = AutoAWQForCausalLM.from_pretrained(req["model_dir"]); tok = AutoTokenizer.from_pretrained(req["model_dir"])
-m.quantize(tok, quant_config={"zero_point": True, "q_group_size": 128, "w_bit": 4, "version": "GEMM"},
-           calib_data=_texts(req["n"], req["seed"]), max_calib_seq_len=req["seq_len"], max_calib_samples=req["n"])
-m.save_quantized(req["out"]); tok.save_pretrained(req["out"])
-res = {"seconds": time.perf_counter() - t0}
-try:   # load-back through transformers, as for llm-compressor's checkpoints
-    import torch
-    from transformers import AutoModelForCausalLM
-    q = AutoModelForCausalLM.from_pretrained(req["out"])
-    q(input_ids=torch.randint(0, len(tok), (1, 16)))
-    res["load_back"] = "ok"
-except Exception as e:
-    res["load_back"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-json.dump(res, open(req["result"], "w"))
-"""
-
 def quantize_autoawq(model_dir:str|Path, out:str|Path, calibration:str|dict="synthetic:16:0:64",
                      env:QuantEnv|None=None, timeout_s:float=1800) -> dict:
     "AutoAWQ 4-bit (deprecated by its authors; llm-compressor's `quantize` is the maintained path)."
@@ -703,12 +587,12 @@ def quantize_autoawq(model_dir:str|Path, out:str|Path, calibration:str|dict="syn
     if not (model_dir/"config.json").exists(): raise QuantError(f"model folder {str(model_dir)!r} has no config.json")
     out.mkdir(parents=True, exist_ok=True)
     cal = _parse_calibration(calibration)
-    req = dict(model_dir=str(model_dir), out=str(out), worker_dir=str(write_worker(out).parent), result=str(out/"s1c-awq-result.json"), **cal)
-    (out/"s1c-awq-request.json").write_text(json.dumps(req))
-    script = out/"s1c_autoawq.py"; script.write_text(_AWQ_SCRIPT)
+    req = dict(model_dir=str(model_dir), out=str(out), **cal)
+    atomic_write_json(out/"s1c-awq-request.json", req)
     penv = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(side))
-    _run([env.python, script, out/"s1c-awq-request.json"], "AutoAWQ (deprecated)", timeout_s, env=penv)
-    res = json.loads((out/"s1c-awq-result.json").read_text())
+    try: res = run_script(env.python, script_path("autoawq_compare.py"), req, timeout_s, env=penv, what="AutoAWQ (deprecated)")
+    except ScriptError as e: raise QuantError(str(e)) from e
+    atomic_write_json(out/"s1c-awq-result.json", res)
     cfg = json.loads((out/"config.json").read_text()).get("quantization_config") or {}
     res.update(quant_method=cfg.get("quant_method"), bytes_before=safetensors_bytes(model_dir),
                bytes_after=safetensors_bytes(out))

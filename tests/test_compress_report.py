@@ -8,7 +8,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from stage1_cascade.compression import kv
-from stage1_cascade.compression import plan as P
+from stage1_cascade.compression import report as P
+from stage1_cascade.plan.facts import PlanError
 from stage1_cascade.compression.quant import recorded_run
 
 
@@ -66,8 +67,8 @@ def test_a_failing_technique_gets_a_labelled_row(tmp_path):
 _CLI_WITH_AN_IMPOSSIBLE_TECHNIQUE = """
 import sys
 from functools import partial
-from stage1_cascade.compression import kv, plan
-plan.TECHNIQUE_GROUPS["impossible"] = lambda mode: {
+from stage1_cascade.compression import kv, report
+report.TECHNIQUE_GROUPS["impossible"] = lambda mode: {
     "snapkv@1.5": partial(kv.bench_kv, methods=["snapkv"], ratios=(1.5,), mode=mode, progress=False)}
 from stage1_cascade.cli import main
 sys.argv = ["stage1-cascade", "compress-bench", "--out", sys.argv[1], "--only", sys.argv[2]]
@@ -95,7 +96,7 @@ def test_cli_exit_status_zero_and_wrong_group(tmp_path):
     r = CliRunner().invoke(app, ["compress-bench", "--out", str(tmp_path / "ok"), "--only", "lmcache,weights"])
     assert r.exit_code == 0 and "2 rows, 0 failed" in r.stdout and "failed:" not in r.stderr
     r = CliRunner().invoke(app, ["compress-bench", "--out", str(tmp_path / "bad"), "--only", "lmcache,nope"])
-    assert r.exit_code == 1 and isinstance(r.exception, P.PlanError)
+    assert r.exit_code == 1 and isinstance(r.exception, PlanError)
     assert "unknown technique groups ['nope']: allowed ['kv'," in str(r.exception)
     assert not (tmp_path / "bad" / "results.json").exists()  # refused before anything ran
 
@@ -106,5 +107,5 @@ def test_claims_are_looked_up_not_invented():
 
 
 def test_bad_mode(tmp_path):
-    with pytest.raises(P.PlanError, match="'tpu'"):
+    with pytest.raises(PlanError, match="'tpu'"):
         P.compress_bench(tmp_path, mode="tpu")

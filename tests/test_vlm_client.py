@@ -1,12 +1,12 @@
-"Client-side logic of `stage1_cascade.engines`: logprob reading, text parsing, retries and budgets (no server)."
+"Client-side logic of `stage1_cascade.vlm`: logprob reading, text parsing, retries and budgets (no server)."
 import json, math, time
 
 import httpx
 import pytest
 from PIL import Image
 
-from stage1_cascade.engines import (VLMBadResponse, VLMClient, VLMRequestError, VLMUnavailable, answer_from_response,
-                                    norm_token, p_from_top_logprobs, parse_answer_text, yes_no_probs, FaultConfig)
+from stage1_cascade.vlm import (VLMBadResponse, VLMClient, VLMRequestError, VLMUnavailable, answer_from_response,
+                                norm_token, p_from_top_logprobs, parse_answer_text, yes_no_probs)
 
 IMG = Image.new("RGB", (64, 48), (30, 60, 90))
 
@@ -151,10 +151,3 @@ def test_zero_budget_makes_no_attempt():
 def test_client_argument_errors(kw, msg):
     with pytest.raises(ValueError, match=msg):
         VLMClient("http://x", "m", **kw)
-
-
-@pytest.mark.parametrize("kw,msg", [({"error_rate": 1.5}, "in \\[0, 1\\]"), ({"drop_rate": -.1}, ">= 0"),
-                                    ({"error_rate": .6, "garbage_rate": .6}, "sum to 1.200"), ({"latency_s": float("inf")}, "finite")])
-def test_fault_config_validation(kw, msg):
-    with pytest.raises(ValueError, match=msg):
-        FaultConfig(**kw)

@@ -1,6 +1,7 @@
 "EVICPRESS simulation: labelled, deterministic, sane against its baselines; bad inputs refused."
 import pytest
-from stage1_cascade.compression import plan as P
+from stage1_cascade.compression import evicpress as P
+from stage1_cascade.plan.facts import PlanError
 
 
 def test_simulation_is_labelled_and_deterministic():
@@ -28,10 +29,10 @@ def test_policies_behave_as_designed():
 @pytest.mark.parametrize("kw,match", [({"ratios": (0.0, 1.0), "quality_loss": (0.0, 0.1)}, "1.0"),
                                       ({"ratios": (0.0, 0.5), "quality_loss": (0.0,)}, "same length")])
 def test_bad_params(kw, match):
-    with pytest.raises(P.PlanError, match=match):
+    with pytest.raises(PlanError, match=match):
         P.simulate_evicpress(P.make_trace(n_requests=10), P.SimParams(**kw))
 
 
 def test_bad_policy():
-    with pytest.raises(P.PlanError, match="'fifo'"):
+    with pytest.raises(PlanError, match="'fifo'"):
         P.simulate_evicpress(P.make_trace(n_requests=10), policy="fifo")

@@ -10,9 +10,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from stage1_cascade.data import load_image
-from stage1_cascade.engines import (DEFAULT_MAX_BODY_BYTES, FaultConfig, ServerManager, StandinServer, STANDIN_OWNER, VLMBadResponse,
-                                    VLMClient, VLMRequestError, VLMUnavailable, image_data_url, image_jpeg_bytes, metric_total,
-                                    orange_scorer, p_from_top_logprobs, parse_metrics, ROADWORK_PROMPT)
+from stage1_cascade.standin.backends import orange_scorer
+from stage1_cascade.standin.protocol import DEFAULT_MAX_BODY_BYTES
+from stage1_cascade.standin.server import FaultConfig, StandinFleet, StandinServer, STANDIN_OWNER, metric_total, parse_metrics
+from stage1_cascade.vlm import (ROADWORK_PROMPT, VLMBadResponse, VLMClient, VLMRequestError, VLMUnavailable, image_data_url,
+                                image_jpeg_bytes, p_from_top_logprobs)
 
 MODEL = "standin-test"
 
@@ -393,7 +395,7 @@ def test_faults_from_settings_reproducible():
 
 
 def test_server_manager_tiers():
-    with ServerManager({"fast": orange_scorer, "power": lambda im: 1 - orange_scorer(im)}) as mgr:
+    with StandinFleet({"fast": orange_scorer, "power": lambda im: 1 - orange_scorer(im)}) as mgr:
         cs = mgr.clients()
         pf, pp = cs["fast"].p_roadwork(CONE).p, cs["power"].p_roadwork(CONE).p
         assert pf == pytest.approx(1 - pp, abs=1e-6) and mgr.urls["fast"] != mgr.urls["power"]
@@ -424,7 +426,7 @@ def test_stop_frees_port():
 
 def test_async_client_parallel_and_faults(clean):
     import asyncio
-    from stage1_cascade.engines import AsyncVLMClient
+    from stage1_cascade.vlm import AsyncVLMClient
     imgs = [scene(150 * i, i) for i in range(6)]
 
     async def main():
@@ -503,3 +505,10 @@ def test_dead_engine(clean):
         assert c.health() and c.p_roadwork(CONE).source == "logprobs"
     with pytest.raises(ValueError, match="dead='yes'"):
         clean.set_faults(dead="yes")
+
+
+@pytest.mark.parametrize("kw,msg", [({"error_rate": 1.5}, "in \\[0, 1\\]"), ({"drop_rate": -.1}, ">= 0"),
+                                    ({"error_rate": .6, "garbage_rate": .6}, "sum to 1.200"), ({"latency_s": float("inf")}, "finite")])
+def test_fault_config_validation(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        FaultConfig(**kw)

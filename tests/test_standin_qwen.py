@@ -10,8 +10,9 @@ torch = pytest.importorskip("torch")
 from transformers.utils import logging as hf_logging
 
 from stage1_cascade.data import load_image
-from stage1_cascade.engines import (QwenVLBackend, ROADWORK_PROMPT, StandinServer, VLMBadResponse, build_tiny_qwen2vl,
-                                    image_data_url, image_jpeg_bytes, p_from_top_logprobs, parse_metrics, metric_total)
+from stage1_cascade.standin.backends import QwenVLBackend, build_tiny_qwen2vl
+from stage1_cascade.standin.server import StandinServer, metric_total, parse_metrics
+from stage1_cascade.vlm import ROADWORK_PROMPT, VLMBadResponse, image_data_url, image_jpeg_bytes, p_from_top_logprobs
 
 hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
 

@@ -1,8 +1,10 @@
 "Rendering `vllm serve` arguments and LMCache files; validation against the schema (and vLLM when present)."
-import json, shlex
+import json, shlex, sys
 import pytest
 import yaml
-from stage1_cascade.compression import plan as P
+from stage1_cascade.serve import args as P
+from stage1_cascade.plan.placement import make_plan
+from stage1_cascade.plan.facts import PlanError
 
 
 def full_config(**kw):
@@ -80,7 +82,7 @@ def test_real_vllm_parser_when_available():
     py = P.vllm_python()
     if not py:
         pytest.skip("no vLLM environment (set S1C_VLLM_PYTHON); schema checks above still ran")
-    plan = P.make_plan("2xH100-80GB", "default26")
+    plan = make_plan("2xH100-80GB", "default26")
     argvs = [P.serve_args(sc) for sc in P.stack_configs(plan, lmcache=True).values()]
     argvs += [P.serve_args(sc) for sc in P.stack_configs(plan, kv_budget="bytes").values()]
     good = P.serve_args(full_config())
@@ -90,3 +92,9 @@ def test_real_vllm_parser_when_available():
     assert res[-3]["kv_cache_dtype"] == "fp8_e4m3" and res[-3]["enable_sleep_mode"] is True
     assert res[-2] == {**res[-2], "ok": False, "stage": "CacheConfig"}
     assert res[-1]["ok"] is False and res[-1]["stage"] == "argparse"
+
+
+def test_vllm_parser_failure_comes_back_typed():
+    "The parser script run by an interpreter without vLLM: a real subprocess whose stderr tail is in the error."
+    with pytest.raises(PlanError, match="(?s)vLLM parser run failed.*stderr tail.*No module named 'vllm'"):
+        P.validate_with_vllm([P.serve_args(full_config())], sys.executable, timeout_s=120)
