@@ -16,12 +16,13 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .core import (S1CError, Settings, assets_dir, atomic_write_json, atomic_write_text, get_logger,
-                                 get_settings, new_run_dir, record_figures)
-from .data import InvalidImage, Sample, load_image, load_samples
-from .cascade import (TIER_ORDER, VLM_TIERS, Cascade, CascadeConfig, accuracy, calibrate_thresholds, ece,
-                                    ema_score, mcc, natix_reward, natix_round_rewards, reliability_curve,
-                                    round_predictions, search_thresholds)
+from .core import (TIERS, VLM_TIERS, S1CError, Settings, assets_dir, atomic_write_json, atomic_write_text,
+                                 get_logger, get_settings, new_run_dir, record_figures)
+from .data import InvalidImage, Sample, load_image
+from .datasets import load_samples
+from .scoring import (accuracy, ece, ema_score, mcc, natix_reward, natix_round_rewards, reliability_curve,
+                                    round_predictions)
+from .cascade import Cascade, CascadeConfig, calibrate_thresholds, search_thresholds
 
 # %% auto #0
 __all__ = ['DEMO_SEED', 'GPU_PEAKS', 'BenchError', 'default_config_path', 'CascadeStack', 'open_stack', 'score_table',
@@ -55,7 +56,7 @@ class CascadeStack:
     @property
     def top_tier(self) -> str | None:
         "The most capable VLM tier available (the `top_tier_only` baseline)."
-        vlm = [t for t in TIER_ORDER if t in self.clients]
+        vlm = [t for t in TIERS if t in self.clients]
         return vlm[-1] if vlm else None
 
     def close(self):
@@ -85,7 +86,7 @@ def open_stack(
     urls, servers = settings.vlm_urls(), None
     need = [t for t in config.tiers if t in VLM_TIERS]
     if tiers is not None: want = list(tiers)
-    elif urls: want = sorted(set(need) | set(urls), key=TIER_ORDER.index)
+    elif urls: want = sorted(set(need) | set(urls), key=TIERS.index)
     else: want = list(VLM_TIERS)
     standin = not urls and settings.mode == "cpu"
     if not standin and not all(t in urls for t in want):
@@ -114,7 +115,7 @@ def _tier_call(stack: CascadeStack, tier: str, img) -> tuple[float, float]:
 def score_table(stack: CascadeStack, images: Sequence, tiers: Sequence[str] | None = None,
                 progress: bool = True, desc: str = "scoring tiers") -> tuple[dict, dict]:
     "Each tier's P(roadwork) (NaN on failure) and call time in ms on every image: ({tier: p[]}, {tier: ms[]})."
-    tiers = list(tiers) if tiers is not None else ["stage1"] + [t for t in TIER_ORDER if t in stack.clients]
+    tiers = list(tiers) if tiers is not None else ["stage1"] + [t for t in TIERS if t in stack.clients]
     P = {t: np.full(len(images), np.nan) for t in tiers}; M = {t: np.full(len(images), np.nan) for t in tiers}
     for i, img in enumerate(tqdm(images, desc=desc, disable=None if progress else True, leave=False)):
         for t in tiers: P[t][i], M[t][i] = _tier_call(stack, t, img)
@@ -259,7 +260,7 @@ def _metrics_and_rounds(rows: list[dict], tiers: Sequence[str] | None = None, pa
     skipped = [{"id": r["id"], "error": r["error"]} for r in rows if "error" in r]
     if not done: raise BenchError(f"{path}: no image was decided ({len(skipped)} skipped)")
     y = np.array([r["label"] for r in done])
-    tiers = list(tiers or [t for t in TIER_ORDER if any(t in r["probs"] or t in r["model_ms"] for r in done)])
+    tiers = list(tiers or [t for t in TIERS if any(t in r["probs"] or t in r["model_ms"] for r in done)])
     calls = {t: sum(t in r["model_ms"] for r in done) for t in tiers}
     nan = float("nan")
     preds = {"cascade": ([r["prediction"] for r in done], [r["latency_ms"] for r in done],
@@ -437,7 +438,7 @@ def gpu_cost_estimate(
     a = a or GPUCostAssumptions(); table = table or load_models()
     s1 = stage1_cost(stage1_counts, a)
     tiers = {"stage1": {"low_ms": s1["ms"], "high_ms": s1["ms"], "low_model": s1["model"], "high_model": s1["model"], "detail": s1}}
-    for t in sorted({t for r in rates.values() for t in r if t in VLM_TIERS}, key=TIER_ORDER.index):
+    for t in sorted({t for r in rates.values() for t in r if t in VLM_TIERS}, key=TIERS.index):
         est = {m.id: vlm_call_cost(m, a) for m in table.values() if m.tier == t and m.default26}
         if not est: raise BenchError(f"the model facts have no default model for tier {t!r}")
         lo, hi = min(est, key=lambda k: est[k]["ms"]), max(est, key=lambda k: est[k]["ms"])
@@ -511,7 +512,7 @@ def evaluate(
     if resume and pred_path.exists(): done_ids = {r["id"] for r in read_predictions(pred_path, repair=True)}
     elif pred_path.exists(): pred_path.unlink()
     cascade, top = stack.cascade(), stack.top_tier
-    all_tiers = ["stage1"] + [t for t in TIER_ORDER if t in stack.clients]
+    all_tiers = ["stage1"] + [t for t in TIERS if t in stack.clients]
     t_start, first_ok = time.perf_counter(), None
     with open(pred_path, "a") as f:
         for i, s in enumerate(tqdm(samples, desc="evaluating", disable=None if progress else True)):
@@ -570,7 +571,7 @@ def evaluate(
 # %% ../nbs/07_end_to_end.ipynb #712f3266
 def bench_throughput(stack: CascadeStack, images: Sequence, tiers: Sequence[str] | None = None) -> dict:
     "Sequential images/s and p50 latency of each tier on `images` (one warm-up call each)."
-    tiers = list(tiers) if tiers is not None else ["stage1"] + [t for t in TIER_ORDER if t in stack.clients]
+    tiers = list(tiers) if tiers is not None else ["stage1"] + [t for t in TIERS if t in stack.clients]
     out = {}
     for t in tiers:
         _tier_call(stack, t, images[0])

@@ -17,181 +17,14 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import yaml
 
-from .core import S1CError, atomic_write_text, get_logger
+from .core import TIERS, VLM_TIERS, S1CError, atomic_write_text, get_logger
+from .scoring import _labels, _mcc_counts, accuracy, mcc, natix_reward, round_predictions
 
 # %% auto #0
-__all__ = ['TIER_ORDER', 'VLM_TIERS', 'MetricsError', 'confusion', 'mcc', 'accuracy', 'round_predictions', 'invalid_predictions',
-           'natix_reward', 'natix_round_rewards', 'ema_score', 'reliability_curve', 'ece', 'CascadeError', 'Tier',
-           'as_tier', 'CascadeConfig', 'Decision', 'Cascade', 'Simulation', 'simulate', 'CalibrationError',
-           'ThresholdSearch', 'search_thresholds', 'calibrate_thresholds', 'simulated_tier_probs']
-
-# %% ../nbs/10_cascade.ipynb #e035d256
-class MetricsError(S1CError, ValueError):
-    "Labels or predictions given to a metric are malformed."
-
-def _labels(y) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 1: raise MetricsError(f"labels must be a 1-D array, got shape {y.shape}")
-    bad = ~np.isin(y, (0, 1))
-    if bad.any(): raise MetricsError(f"labels must be 0 or 1; got {y[bad][:5].tolist()} (first bad values)")
-    return y.astype(np.int64)
-
-def _pair(y, yhat) -> tuple[np.ndarray, np.ndarray]:
-    y, yhat = _labels(y), _labels(yhat)
-    if len(y) != len(yhat): raise MetricsError(f"{len(y)} labels but {len(yhat)} predictions")
-    if len(y) == 0: raise MetricsError("no labels given: metrics need at least one image")
-    return y, yhat
-
-def confusion(
-    y, # true labels, 0/1
-    yhat # predicted classes, 0/1
-) -> dict:
-    "Counts `tn, fp, fn, tp` of a binary confusion matrix."
-    y, yhat = _pair(y, yhat)
-    return dict(tn=int(((y == 0) & (yhat == 0)).sum()), fp=int(((y == 0) & (yhat == 1)).sum()),
-                fn=int(((y == 1) & (yhat == 0)).sum()), tp=int(((y == 1) & (yhat == 1)).sum()))
-
-def _mcc_counts(tp, fp, fn, tn):
-    "MCC from counts (arrays allowed); 0 where a class is missing among labels or predictions."
-    tp, fp, fn, tn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn, tn))
-    den = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        m = (tp * tn - fp * fn) / np.sqrt(den)
-    return np.where(den > 0, m, 0.0)
-
-def mcc(
-    y, # true labels, 0/1
-    yhat # predicted classes, 0/1
-) -> float:
-    "Matthews correlation; 0 unless both classes appear among the labels and among the predictions."
-    c = confusion(y, yhat)
-    return float(_mcc_counts(c["tp"], c["fp"], c["fn"], c["tn"]))
-
-def accuracy(
-    y, # true labels, 0/1
-    yhat # predicted classes, 0/1
-) -> float:
-    "Fraction of predictions equal to the label."
-    y, yhat = _pair(y, yhat)
-    return float((y == yhat).mean())
-
-# %% ../nbs/10_cascade.ipynb #56ebfa14
-def round_predictions(
-    p # P(roadwork) per image
-) -> np.ndarray:
-    "Classes the validator reads from `p`: 1 when p > 0.5, else 0 (0.5 is 'no roadwork')."
-    return (np.asarray(p, dtype=np.float64) > 0.5).astype(np.int64)
-
-def invalid_predictions(p) -> np.ndarray:
-    "Mask of answers the validator penalises: NaN or outside [0, 1]."
-    p = np.asarray(p, dtype=np.float64)
-    return ~((p >= 0) & (p <= 1))
-
-def natix_reward(
-    y, # true labels, 0/1
-    p, # predicted P(roadwork) per image
-    invalid:str="wrong" # out-of-range answers: 'wrong' (scored as the wrong class), 'zero' (reward 0), 'raise'
-) -> float:
-    "Set-level NATIX reward `(0.5*max(0, MCC) + 0.5*accuracy)**3` with the validator's rounding."
-    if invalid not in ("wrong", "zero", "raise"):
-        raise MetricsError(f"invalid={invalid!r}; allowed: 'wrong', 'zero', 'raise'")
-    y = _labels(y)
-    p = np.asarray(p, dtype=np.float64)
-    if p.shape != y.shape: raise MetricsError(f"{len(y)} labels but predictions of shape {p.shape}")
-    bad = invalid_predictions(p)
-    yhat = round_predictions(p)
-    if bad.any():
-        if invalid == "raise":
-            raise MetricsError(f"{int(bad.sum())} predictions outside [0, 1], e.g. {p[bad][:3].tolist()}")
-        if invalid == "zero": return 0.0
-        yhat = np.where(bad, 1 - y, yhat)
-    return float((0.5 * max(0.0, mcc(y, yhat)) + 0.5 * accuracy(y, yhat)) ** 3)
-
-# %% ../nbs/10_cascade.ipynb #2a539fa9
-def _window_metrics(y, p) -> tuple[float, float]:
-    "(accuracy, MCC) of one validator window: -1 dropped; both 0 when the tracker's scikit-learn calls would raise."
-    keep = p != -1
-    y, p = y[keep], p[keep]
-    if len(y) == 0: return 0.0, 0.0
-    if not np.isfinite(p).all(): return 0.0, 0.0            # accuracy_score: "Input y_pred contains NaN"
-    cls = np.round(p)                                         # numpy rounds half to even, as the validator
-    vals = np.union1d(y, cls)
-    if len(vals) > 2 or (len(vals) == 2 and 1 not in vals): return 0.0, 0.0   # precision_score(average='binary') raises
-    acc = float((cls == y).mean())
-    if len(np.unique(y)) < 2: return acc, 0.0                 # one label class: MCC 0 by the tracker's rule
-    return acc, max(0.0, mcc(y, cls.astype(np.int64)))        # here labels and classes are exactly {0, 1}
-
-def natix_round_rewards(
-    y, # true labels, 0/1, in the order the answers were given
-    p, # raw answers in that order (P(roadwork); -1 = no answer; NaN and out-of-range values allowed)
-    mcc_window:int=100, # the validator's MCC window
-    acc_window:int=10, # the validator's accuracy window
-    cube:bool=True # raise the round reward to the third power (REWARD_CURVE_EXPONENT = 3)
-) -> np.ndarray:
-    "Per-round validator reward over a stream of answers, window poisoning and penalties as the validator's code."
-    y = _labels(y); p = np.asarray(p, dtype=np.float64)
-    if p.shape != y.shape: raise MetricsError(f"{len(y)} labels but answers of shape {p.shape}")
-    if mcc_window < 1 or acc_window < 1: raise MetricsError(f"windows must be >= 1; got mcc_window={mcc_window}, acc_window={acc_window}")
-    out = np.zeros(len(y))
-    for t in range(len(y)):
-        if p[t] == -1: continue                               # no answer: 0, but the -1 stays in the history
-        lo100, lo10 = max(0, t + 1 - mcc_window), max(0, t + 1 - acc_window)
-        a10 = _window_metrics(y[lo10:t+1], p[lo10:t+1])[0]
-        m100 = _window_metrics(y[lo100:t+1], p[lo100:t+1])[1]
-        r = (0.5 * m100 + 0.5 * a10) * (0.0 if (p[t] < 0 or p[t] > 1) else 1.0)   # penalty; NaN compares false
-        out[t] = r ** 3 if cube else r
-    return out
-
-def ema_score(
-    rewards, # per-round rewards, in order
-    alpha:float=0.05, # the validator's moving_average_alpha
-    start:float=0.0 # the score before the first round (0 for a new hotkey)
-) -> np.ndarray:
-    "The score the validator keeps after each round: `score = alpha*reward + (1-alpha)*score`."
-    if not (isinstance(alpha, (int, float)) and 0 < alpha <= 1): raise MetricsError(f"alpha={alpha!r}: must be in (0, 1]")
-    r = np.nan_to_num(np.asarray(rewards, dtype=np.float64), nan=0.0)   # the validator replaces a NaN reward by 0
-    out, s = np.empty(len(r)), float(start)
-    for i, v in enumerate(r):
-        s = alpha * v + (1 - alpha) * s; out[i] = s
-    return out
-
-# %% ../nbs/10_cascade.ipynb #6e7d054b
-def _bins(p, n_bins):
-    p = np.asarray(p, dtype=np.float64)
-    if n_bins < 1: raise MetricsError(f"n_bins={n_bins}; need at least 1")
-    if invalid_predictions(p).any():
-        raise MetricsError(f"probabilities must lie in [0, 1]; got {p[invalid_predictions(p)][:3].tolist()}")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return p, np.digitize(p, edges[1:-1], right=True)
-
-def reliability_curve(
-    y, # true labels, 0/1
-    p, # predicted P(roadwork)
-    n_bins:int=10 # equal-width bins over [0, 1]
-) -> dict:
-    "Per non-empty bin: mean predicted p, fraction of positives, count (for a reliability diagram)."
-    y = _labels(y); p, b = _bins(p, n_bins)
-    if p.shape != y.shape: raise MetricsError(f"{len(y)} labels but probabilities of shape {p.shape}")
-    cnt = np.bincount(b, minlength=n_bins)
-    keep = cnt > 0
-    mean_p = np.bincount(b, weights=p, minlength=n_bins)[keep] / cnt[keep]
-    frac = np.bincount(b, weights=y, minlength=n_bins)[keep] / cnt[keep]
-    edges = np.linspace(0, 1, n_bins + 1)
-    return dict(mean_p=mean_p, frac_pos=frac, count=cnt[keep], bin_lo=edges[:-1][keep], bin_hi=edges[1:][keep])
-
-def ece(
-    y, # true labels, 0/1
-    p, # predicted P(roadwork)
-    n_bins:int=10 # equal-width bins over [0, 1]
-) -> float:
-    "Expected calibration error of P(roadwork): bin-size-weighted mean |fraction positive - mean p|."
-    rc = reliability_curve(y, p, n_bins)
-    return float((rc["count"] * np.abs(rc["frac_pos"] - rc["mean_p"])).sum() / rc["count"].sum())
+__all__ = ['CascadeError', 'Tier', 'as_tier', 'CascadeConfig', 'Decision', 'Cascade', 'Simulation', 'simulate',
+           'CalibrationError', 'ThresholdSearch', 'search_thresholds', 'calibrate_thresholds', 'simulated_tier_probs']
 
 # %% ../nbs/10_cascade.ipynb #b608a931
-TIER_ORDER = ("stage1", "fast", "power", "precision")  # the cascade's order; any may be absent
-VLM_TIERS = ("fast", "power", "precision")
-
 class CascadeError(S1CError, ValueError):
     "A cascade, tier or config is malformed."
 
@@ -203,13 +36,13 @@ def _as_p(x) -> float:
 @dataclass
 class Tier:
     "One tier of the cascade: `predict(img, seconds_left) -> P(roadwork)`, which may raise."
-    name: str  # one of TIER_ORDER
+    name: str  # one of TIERS
     predict: Callable[[Any, float], float]  # the model; gets the image and the seconds it may use
     expected_s: float = 0.0  # typical seconds per call: skipped when less time than this is left
 
     def __post_init__(self):
-        if self.name not in TIER_ORDER:
-            raise CascadeError(f"tier name {self.name!r} unknown; allowed: {', '.join(TIER_ORDER)}")
+        if self.name not in TIERS:
+            raise CascadeError(f"tier name {self.name!r} unknown; allowed: {', '.join(TIERS)}")
         if not callable(self.predict): raise CascadeError(f"tier {self.name!r}: predict is not callable")
         if not (self.expected_s >= 0): raise CascadeError(f"tier {self.name!r}: expected_s={self.expected_s} must be >= 0")
 
@@ -220,7 +53,7 @@ def _n_positional(fn) -> int:
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in ps)
 
 def as_tier(
-    name:str, # tier name, one of TIER_ORDER
+    name:str, # tier name, one of TIERS
     obj, # a Tier, a VLM client (`.p_roadwork`), a model (`.predict(img)`) or a callable
     expected_s:float=0.0 # typical seconds per call
 ) -> Tier:
@@ -246,7 +79,7 @@ def _check_unit(name, v):
 @dataclass
 class CascadeConfig:
     "Routing of the cascade: tier order, exit thresholds per tier, deadline, timeouts, fallback."
-    tiers: tuple = ("stage1",)  # tier names in cascade order (a subsequence of TIER_ORDER)
+    tiers: tuple = ("stage1",)  # tier names in cascade order (a subsequence of TIERS)
     thresholds: dict = field(default_factory=dict)  # {tier: (lo, hi)}: exit when p <= lo or p >= hi
     deadline_s: float = 9.0  # the validator's limit per image
     margin_s: float = 1.0  # answer this long before the deadline
@@ -260,12 +93,12 @@ class CascadeConfig:
     def __post_init__(self):
         if isinstance(self.tiers, str): self.tiers = (self.tiers,)
         self.tiers = tuple(self.tiers)
-        if not self.tiers: raise CascadeError("tiers is empty: give at least one of " + ", ".join(TIER_ORDER))
+        if not self.tiers: raise CascadeError("tiers is empty: give at least one of " + ", ".join(TIERS))
         for t in self.tiers:
-            if t not in TIER_ORDER: raise CascadeError(f"tier {t!r} unknown; allowed: {', '.join(TIER_ORDER)}")
+            if t not in TIERS: raise CascadeError(f"tier {t!r} unknown; allowed: {', '.join(TIERS)}")
         if len(set(self.tiers)) != len(self.tiers): raise CascadeError(f"tiers {self.tiers} repeat a name")
-        if list(self.tiers) != sorted(self.tiers, key=TIER_ORDER.index):
-            raise CascadeError(f"tiers {self.tiers} out of order; the order is {' -> '.join(TIER_ORDER)}")
+        if list(self.tiers) != sorted(self.tiers, key=TIERS.index):
+            raise CascadeError(f"tiers {self.tiers} out of order; the order is {' -> '.join(TIERS)}")
         th = {}
         for t, v in dict(self.thresholds).items():
             if t not in self.tiers: raise CascadeError(f"thresholds given for tier {t!r}, which is not in tiers {self.tiers}")
@@ -374,7 +207,7 @@ class Cascade:
             if name is None: raise CascadeError("tiers given as a list must be Tier objects (named); else pass a dict")
             objs[name] = as_tier(name, obj)
         self.tiers = objs
-        self.config = config if config is not None else CascadeConfig(tuple(t for t in TIER_ORDER if t in objs))
+        self.config = config if config is not None else CascadeConfig(tuple(t for t in TIERS if t in objs))
         missing = [t for t in self.config.tiers if t not in objs]
         if missing: raise CascadeError(f"config routes through tiers {missing} that were not given; given: {list(objs)}")
 
@@ -420,7 +253,7 @@ class Cascade:
                     tiers:Sequence|None=None # tiers to run (default: every tier given to the cascade, in order)
                    ) -> dict:
         "Every tier's p on `img`, ignoring thresholds (NaN where a tier fails): the input `calibrate_thresholds` needs."
-        names = [t for t in TIER_ORDER if t in self.tiers] if tiers is None else list(tiers)
+        names = [t for t in TIERS if t in self.tiers] if tiers is None else list(tiers)
         out = {}
         for name in names:
             if name not in self.tiers: raise CascadeError(f"tier {name!r} was not given; given: {list(self.tiers)}")
@@ -593,12 +426,12 @@ class ThresholdSearch:
 def search_thresholds(
     probs:Mapping, # {tier: P(roadwork) per calibration image}, every tier on every image
     labels, # 0/1 labels of the calibration images
-    tiers:Sequence|None=None, # tiers to route through, in order (default: those in probs, TIER_ORDER)
+    tiers:Sequence|None=None, # tiers to route through, in order (default: those in probs, TIERS)
     n_grid:int|None=None, # quantiles per side per tier (default: sized to keep the search to ~1e6 combinations)
     skip_tiers:bool=True # also search every subset of the VLM tiers (the first tier is always kept)
 ) -> ThresholdSearch:
     "Score every threshold combination on a calibration split (see `calibrate_thresholds`)."
-    tiers = tuple(tiers) if tiers is not None else tuple(t for t in TIER_ORDER if t in probs)
+    tiers = tuple(tiers) if tiers is not None else tuple(t for t in TIERS if t in probs)
     CascadeConfig(tiers, {t: (0.5, 0.5) for t in tiers[:-1]})   # validates names and order
     P = _prob_matrix(probs, tiers); y = _labels(labels)
     if len(y) != len(P): raise CalibrationError(f"{len(y)} labels but {len(P)} images of tier probabilities")
@@ -623,7 +456,7 @@ def calibrate_thresholds(
     probs:Mapping, # {tier: P(roadwork) per calibration image}, every tier on every image
     labels, # 0/1 labels of the calibration images
     budget:float, # the most VLM calls per image, on average, the cascade may make
-    tiers:Sequence|None=None, # tiers to route through, in order (default: those in probs, TIER_ORDER)
+    tiers:Sequence|None=None, # tiers to route through, in order (default: those in probs, TIERS)
     n_grid:int|None=None, # quantiles per side per tier (default: sized to the number of tiers)
     skip_tiers:bool=True, # allow leaving VLM tiers out
     **config_kw # other CascadeConfig fields (deadline_s, margin_s, timeouts, ...)
@@ -649,7 +482,7 @@ def simulated_tier_probs(
     params:Mapping|None=None # {tier: (a, b)}: label-1 draws Beta(a, b), label-0 draws Beta(b, a)
 ) -> tuple[dict, np.ndarray]:
     "SIMULATED per-tier probabilities (Beta draws) and balanced labels, for demos and tests only."
-    params = dict(params or {"stage1": (2.5, 1.0), "fast": (3.0, 1.0), "power": (4.0, 1.0), "precision": (6.0, 1.0)})
+    params = dict(params or zip(TIERS, ((2.5, 1.0), (3.0, 1.0), (4.0, 1.0), (6.0, 1.0))))
     rng = np.random.default_rng(seed)
     y = rng.permutation(np.arange(n) % 2)
     probs = {}

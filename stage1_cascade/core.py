@@ -17,9 +17,9 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # %% auto #0
-__all__ = ['S1CError', 'SettingsError', 'Settings', 'mask_url', 'get_settings', 'redact', 'setup_logging', 'get_logger',
-           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'new_run_dir', 'record_figures',
-           'assets_dir', 'ScriptError', 'script_path', 'run_script']
+__all__ = ['TIERS', 'VLM_TIERS', 'S1CError', 'SettingsError', 'Settings', 'mask_url', 'get_settings', 'redact', 'setup_logging',
+           'get_logger', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'new_run_dir',
+           'record_figures', 'assets_dir', 'ScriptError', 'script_path', 'run_script']
 
 # %% ../nbs/00_core.ipynb #b511277f
 class S1CError(Exception):
@@ -27,6 +27,10 @@ class S1CError(Exception):
 
 class SettingsError(S1CError, ValueError):
     "A setting has a value outside what is allowed."
+
+# %% ../nbs/00_core.ipynb #c15e60f0
+TIERS = ("stage1", "fast", "power", "precision")  # every tier, in cascade order (cheapest first)
+VLM_TIERS = TIERS[1:]  # the tiers a VLM server answers
 
 # %% ../nbs/00_core.ipynb #fe4dbbb1
 _DEFAULT_HOME = Path(os.environ.get("S1C_HOME", Path.home()/".cache"/"stage1_cascade"))
@@ -52,7 +56,7 @@ class Settings(BaseSettings):
 
     def vlm_urls(self) -> dict[str, str]:
         "The configured VLM tiers and their base URLs, in cascade order."
-        return {k: u for k in ("fast", "power", "precision") if (u := getattr(self, f"{k}_url"))}
+        return {k: u for k in VLM_TIERS if (u := getattr(self, f"{k}_url"))}
 
     @field_validator("log_level", mode="before")
     @classmethod

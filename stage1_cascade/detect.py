@@ -19,12 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .core import S1CError, assets_dir, atomic_write_json, get_logger
-from .data import ROADWORK_CLASSES, Sample, load_image, synthetic_samples
-from .cascade import accuracy, mcc, round_predictions
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+from .data import ROADWORK_CLASSES, Sample, load_image
+from .scenes import synthetic_samples
+from .scoring import binary_metrics
 
 # %% auto #0
 __all__ = ['CLASSIFIER_FORMAT', 'YOLO_LAYOUT', 'STAGE1_FORMAT', 'MANIFEST_FORMAT', 'CHECK_N', 'STAGE1_CANDIDATES', 'DetectError',
@@ -32,8 +29,7 @@ __all__ = ['CLASSIFIER_FORMAT', 'YOLO_LAYOUT', 'STAGE1_FORMAT', 'MANIFEST_FORMAT
            'verify_checkpoint', 'SmallCNN', 'images_to_tensor', 'Classifier', 'save_classifier', 'load_classifier',
            'train_classifier', 'ClassifierDetector', 'ultralytics_yolo', 'write_yolo_yaml', 'export_yolo_dataset',
            'train_yolo', 'YoloDetector', 'tiny_rtdetr_config', 'build_hf_detector', 'HFDetector', 'LogitStacker',
-           'Stage1', 'default_stage1', 'cv_stacked_auc', 'select_members', 'binary_metrics', 'check_manifest',
-           'build_stage1']
+           'Stage1', 'default_stage1', 'cv_stacked_auc', 'select_members', 'check_manifest', 'build_stage1']
 
 # %% ../nbs/08_detection.ipynb #8530628b
 class DetectError(S1CError):
@@ -255,7 +251,8 @@ YOLO_LAYOUT = {
              [[16, 19, 22], 1, "Detect", ["nc"]]]}
 
 def ultralytics_yolo():
-    "ultralytics' `YOLO` class, imported with its global `PIL.Image.open` patch undone (see below)."
+    "ultralytics' `YOLO` class, imported offline (unless the caller set `YOLO_OFFLINE`), its `PIL.Image.open` patch undone (see below)."
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # else its import looks the network up and it may fetch fonts or weights
     from ultralytics import YOLO
     from ultralytics.utils import patches
     if getattr(Image.open, "__module__", "") == patches.__name__: Image.open = patches._image_open
@@ -387,8 +384,8 @@ class HFDetector(Detector):
         if not (path/"config.json").is_file(): raise CheckpointError(f"HF detector folder {str(path)!r} has no config.json; run `stage1-cascade train`")
         if sha256: verify_checkpoint(path, sha256, trust)
         _hf_quiet()
-        self.model = AutoModelForObjectDetection.from_pretrained(path, dtype=torch.float32).eval()
-        self.processor = AutoImageProcessor.from_pretrained(path, use_fast=False)
+        self.model = AutoModelForObjectDetection.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
+        self.processor = AutoImageProcessor.from_pretrained(path, use_fast=False, local_files_only=True)
         self.source, self.name, self.k, self.box_threshold = path, name or path.name, k, box_threshold
         self.id2label = self.model.config.id2label
     @property
@@ -538,17 +535,6 @@ def select_members(names:Sequence[str], # candidate names, the columns of `P`
         kept.append(n); best += g[n]; rest.remove(n)
     return {"metric": f"out-of-fold stacked ROC AUC on the calibration split ({folds} folds)", "margin": margin, "folds": folds,
             "kept": kept, "cv_auc": best, "alone": alone, "gain": gain, "reasons": reasons}
-
-# %% ../nbs/08_detection.ipynb #aeb1990e
-def binary_metrics(y:Sequence[int], # labels, 0/1
-                   p:Sequence[float] # P(roadwork) per image
-                  )->dict:
-    "Accuracy and MCC of the validator's rounding (`round_predictions`), log-loss, and ROC AUC (threshold-free)."
-    from sklearn.metrics import log_loss, roc_auc_score
-    y = np.asarray(y).astype(int); p = np.asarray(p, dtype=np.float64); yh = round_predictions(p)
-    return {"n": int(len(y)), "accuracy": round(accuracy(y, yh), 4), "mcc": round(mcc(y, yh), 4),
-            "log_loss": round(float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1])), 4),
-            "auc": round(float(roc_auc_score(y, p)), 4) if len(set(y.tolist())) == 2 else None}
 
 # %% ../nbs/08_detection.ipynb #73e0a850
 MANIFEST_FORMAT = "stage1_cascade.manifest/2"

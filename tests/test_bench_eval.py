@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from stage1_cascade.bench import BenchError, evaluate, metrics_from_predictions, open_stack
-from stage1_cascade.cascade import CascadeConfig, natix_round_rewards
-from stage1_cascade.data import load_samples
+from stage1_cascade.cascade import CascadeConfig
+from stage1_cascade.datasets import load_samples
+from stage1_cascade.scoring import natix_round_rewards
 
 # Route every image through the precision tier, so every image after the kill is affected.
 ALWAYS_ESCALATE = CascadeConfig(("stage1", "precision"), {"stage1": (0.0, 1.0)})

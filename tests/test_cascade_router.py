@@ -5,8 +5,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from stage1_cascade.cascade import (TIER_ORDER, Cascade, CascadeConfig, calibrate_thresholds, natix_reward,
-                                    simulate, simulated_tier_probs)
+from stage1_cascade.cascade import Cascade, CascadeConfig, calibrate_thresholds, simulate, simulated_tier_probs
+from stage1_cascade.core import TIERS
+from stage1_cascade.scoring import natix_reward
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -96,21 +97,21 @@ def test_decide_matches_simulate_random(on_error):
     n = 200
     P = rng.random((n, 4)); P[rng.random((n, 4)) < 0.2] = np.nan
     P[rng.random((n, 4)) < 0.05] = 1.5
-    cfg = CascadeConfig(TIER_ORDER, {"stage1": (0.25, 0.75), "fast": (0.1, 0.9), "power": (0.4, 0.6)}, on_error=on_error)
-    sim = simulate({t: P[:, k] for k, t in enumerate(TIER_ORDER)}, None, cfg)
-    calls = {t: 0 for t in TIER_ORDER}
+    cfg = CascadeConfig(TIERS, {"stage1": (0.25, 0.75), "fast": (0.1, 0.9), "power": (0.4, 0.6)}, on_error=on_error)
+    sim = simulate({t: P[:, k] for k, t in enumerate(TIERS)}, None, cfg)
+    calls = {t: 0 for t in TIERS}
     def tier(k):
         def f(img, s):
-            calls[TIER_ORDER[k]] += 1
+            calls[TIERS[k]] += 1
             v = P[img, k]
             if math.isnan(v) and img % 2: raise RuntimeError("server said no")   # half the failures raise
             return v
         return f
-    c = Cascade(tier(0), {t: tier(k) for k, t in enumerate(TIER_ORDER) if k}, cfg)
+    c = Cascade(tier(0), {t: tier(k) for k, t in enumerate(TIERS) if k}, cfg)
     ds = [c.decide(i) for i in range(n)]
     assert [d.p for d in ds] == pytest.approx(sim.p.tolist())
     assert [d.tier for d in ds] == sim.tier_names
-    assert calls == {t: int(sim.reached[:, k].sum()) for k, t in enumerate(TIER_ORDER)}
+    assert calls == {t: int(sim.reached[:, k].sum()) for k, t in enumerate(TIERS)}
     assert all(0 <= d.p <= 1 and math.isfinite(d.p) for d in ds)
 
 

@@ -3,7 +3,8 @@ import base64, io, random
 import numpy as np
 import pytest
 from PIL import Image
-from stage1_cascade.data import INVALID_REASONS, InvalidImage, load_image, make_scene, augment, to_jpeg
+from stage1_cascade.data import INVALID_REASONS, InvalidImage, load_image, augment, to_jpeg
+from stage1_cascade.scenes import make_scene
 
 def _encoded():
     img = make_scene(3, roadwork=True, size=160).image

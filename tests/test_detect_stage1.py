@@ -6,11 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from stage1_cascade.cascade import round_predictions
 from stage1_cascade.core import assets_dir
-from stage1_cascade.data import InvalidImage, synthetic_samples, to_jpeg
+from stage1_cascade.data import InvalidImage, to_jpeg
+from stage1_cascade.scenes import synthetic_samples
+from stage1_cascade.scoring import binary_metrics, round_predictions
 from stage1_cascade.detect import (MANIFEST_FORMAT, STAGE1_FORMAT, CheckpointError, ClassifierDetector, Detection,
-                                   DetectError, DetectorResult, HFDetector, LogitStacker, Stage1, YoloDetector, binary_metrics,
+                                   DetectError, DetectorResult, HFDetector, LogitStacker, Stage1, YoloDetector,
                                    build_hf_detector, checkpoint_sha256, default_stage1, load_classifier, save_classifier,
                                    select_members, train_classifier, ultralytics_yolo, write_yolo_yaml)
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stage1_cascade.data import (INVALID_REASONS, MAX_BYTES, DatasetWarning, InvalidImage, load_folder,
-                                 load_image, load_labels_csv, load_parquet, make_scene, to_jpeg)
+from stage1_cascade.data import INVALID_REASONS, MAX_BYTES, InvalidImage, load_image, to_jpeg
+from stage1_cascade.datasets import DatasetWarning, load_folder, load_labels_csv, load_parquet
+from stage1_cascade.scenes import make_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 WALL_S = 20.0  # generous: catches a hang or a read of gigabytes, does not benchmark

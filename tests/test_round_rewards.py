@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import (accuracy_score, f1_score, matthews_corrcoef, precision_score, recall_score,
                              roc_auc_score)
 
-from stage1_cascade.cascade import ema_score, natix_round_rewards
+from stage1_cascade.scoring import ema_score, natix_round_rewards
 
 
 def _tracker_metrics(preds, labels, window):

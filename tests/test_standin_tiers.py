@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from stage1_cascade.core import assets_dir
-from stage1_cascade.data import load_image, synthetic_samples
-from stage1_cascade.detect import DetectError, binary_metrics, save_classifier
+from stage1_cascade.data import load_image
+from stage1_cascade.detect import DetectError, save_classifier
+from stage1_cascade.scenes import synthetic_samples
+from stage1_cascade.scoring import binary_metrics
 from stage1_cascade.standin.backends import STANDIN_TIERS, get_scorer, standin_scorer
 from stage1_cascade.standin.server import StandinFleet
 from stage1_cascade.vlm import VLMRequestError

@@ -21,7 +21,8 @@ import torchvision.transforms.functional as F
 from PIL import Image
 
 from stage1_cascade.data import (DISTORT_FNS, augment, augment_params, challenge, challenge_jpeg,
-                                 color_gaussian_noise, make_scene, shift_to_point)
+                                 color_gaussian_noise, shift_to_point)
+from stage1_cascade.scenes import make_scene
 
 SIZE = 224
 ROTATION = T.RandomRotation(20)  # the validator's RandomRotationWithParams(20, ...): degrees [-20, 20]

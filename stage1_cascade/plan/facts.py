@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 import yaml
-from ..core import S1CError, assets_dir
+from ..core import VLM_TIERS, S1CError, assets_dir
 
 # %% auto #0
-__all__ = ['STAGE1_TIERS', 'VLM_TIERS', 'TIERS', 'ATTENTION_KINDS', 'PRECISIONS', 'KV_DTYPES', 'GPU_MIB', 'PlanError',
-           'UnknownModel', 'UnknownGPU', 'ModelSpec', 'load_models', 'quantized_bytes', 'facts_table', 'kv_dtype_spec',
+__all__ = ['STAGE1_TIERS', 'TIERS', 'ATTENTION_KINDS', 'PRECISIONS', 'KV_DTYPES', 'GPU_MIB', 'PlanError', 'UnknownModel',
+           'UnknownGPU', 'ModelSpec', 'load_models', 'quantized_bytes', 'facts_table', 'kv_dtype_spec',
            'kv_bytes_per_token', 'kv_bytes_per_seq', 'weight_bytes', 'choose_precision', 'kv_bytes_from_config',
            'measured_cache_bytes', 'twin_kv_check', 'tiny_twin_configs', 'measure_image_tokens', 'GPU', 'parse_gpus',
            'gpu_size_check']
@@ -33,7 +33,6 @@ class UnknownGPU(PlanError):
 
 # %% ../../nbs/05a_model_facts.ipynb #61992e83
 STAGE1_TIERS = ("detector", "level2")       # models that run inside the one Stage-1 process
-VLM_TIERS = ("fast", "power", "precision")  # VLMs, one vLLM server each, in cascade order
 TIERS = STAGE1_TIERS + VLM_TIERS
 ATTENTION_KINDS = ("full", "mla", "hybrid")
 
