@@ -5,8 +5,8 @@ import pytest
 
 from stage1_cascade.core import assets_dir
 from stage1_cascade.bench import build_checkpoints
-from stage1_cascade.detect import (CHECK_N, MANIFEST_FORMAT, STAGE1_CANDIDATES, CheckpointError, Stage1, check_manifest,
-                                   checkpoint_sha256, load_classifier, save_classifier)
+from stage1_cascade.detect import CheckpointError, Stage1, checkpoint_sha256, load_classifier, save_classifier
+from stage1_cascade.train import CHECK_N, MANIFEST_FORMAT, STAGE1_CANDIDATES, check_manifest
 from stage1_cascade.standin.backends import STANDIN_SPECS, STANDIN_TIERS
 
 TINY = dict(n_train=48, n_cal=48, n_test=CHECK_N, n_boxes=24, cnn_epochs=1, yolo_epochs=1, hf_steps=1, n_extra=24,
@@ -31,7 +31,7 @@ def test_both_manifests_are_written_by_code_in_one_schema(tiny):
     sman = json.loads((out/"standin"/"manifest.json").read_text())
     assert json.loads((out/"stage1"/"manifest.json").read_text()) == man  # what was returned is what was written
     assert COMMON <= set(man) and COMMON <= set(sman) and man["format"] == sman["format"] == MANIFEST_FORMAT
-    assert (man["written_by"], sman["written_by"]) == ("stage1_cascade.detect.build_stage1", "stage1_cascade.standin.backends.build_standins")
+    assert (man["written_by"], sman["written_by"]) == ("stage1_cascade.train.build_stage1", "stage1_cascade.standin.backends.build_standins")
     for d, m in ((out/"stage1", man), (out/"standin", sman)):
         assert m["seeds"]["test"] == 3003 and m["check"]["seed"] == m["seeds"]["test"] and m["check"]["n"] == CHECK_N
         for rel, f in m["files"].items(): assert f["sha256"] == checkpoint_sha256(d/rel) and f["bytes"] > 0, rel

@@ -10,10 +10,11 @@ from stage1_cascade.core import assets_dir
 from stage1_cascade.data import InvalidImage, to_jpeg
 from stage1_cascade.scenes import synthetic_samples
 from stage1_cascade.scoring import binary_metrics, round_predictions
-from stage1_cascade.detect import (MANIFEST_FORMAT, STAGE1_FORMAT, CheckpointError, ClassifierDetector, Detection,
+from stage1_cascade.train import MANIFEST_FORMAT, select_members
+from stage1_cascade.detect import (STAGE1_FORMAT, CheckpointError, ClassifierDetector, Detection,
                                    DetectError, DetectorResult, HFDetector, LogitStacker, Stage1, YoloDetector,
                                    build_hf_detector, checkpoint_sha256, default_stage1, load_classifier, save_classifier,
-                                   select_members, train_classifier, ultralytics_yolo, write_yolo_yaml)
+                                   train_classifier, ultralytics_yolo, write_yolo_yaml)
 
 EVAL_SEED = 9001  # not one of build_checkpoints' seeds (seed*1000 + 1..5)
 
@@ -47,9 +48,7 @@ def test_shipped_assets_are_small_and_described():
     man = json.loads((d/"manifest.json").read_text())
     total = sum(f.stat().st_size for s in ("stage1", "standin") for f in (assets_dir()/s).rglob("*") if f.is_file())
     assert total < 8 * 2**20, f"shipped Stage-1 + stand-in assets are {total} bytes, over 8 MiB"
-    # the shipped manifest predates the split of build_checkpoints into detect.build_stage1 + bench.build_checkpoints (issue 8);
-    # a rebuild (`stage1-cascade train --force`) writes the new name
-    assert man["format"] == MANIFEST_FORMAT and man["written_by"] in ("stage1_cascade.detect.build_stage1", "stage1_cascade.detect.build_checkpoints")
+    assert man["format"] == MANIFEST_FORMAT and man["written_by"] == "stage1_cascade.train.build_stage1"
     assert man["seed"] == 0 and man["synthetic"] is True and "stage1_fused" in man["metrics"]["test"]
     assert man["members"] == [c for c, m in man["models"].items() if m["kept"]]
     for c, m in man["models"].items():  # every candidate measured; only the kept ones shipped

@@ -70,19 +70,6 @@ def _imports(mod: str) -> dict[str, int]:
 GENERATED = {m: nb for m, p in FILES.items() if (nb := _notebook(p))}
 HAND_WRITTEN = sorted(m for m in FILES if m not in GENERATED and FILES[m].name != "__init__.py")
 
-# Modules that break a rule only until the other layout branches of issue 8 are merged and the lead
-# renumbers the old notebooks (engines -> vlm/standin, plan split, 07_end_to_end -> 06_bench,
-# 08_detection -> 03_detect, 10_cascade -> 05_cascade, 12_cli -> 99_cli). Remove a name once it passes.
-PENDING_SIZE = {"stage1_cascade.engines", "stage1_cascade.detect", "stage1_cascade.compression.plan",
-                "stage1_cascade.compression.quant"}
-PENDING_ORDER = {"stage1_cascade.bench", "stage1_cascade.engines",  # bench (07) imports cascade (10) and detect (08); engines (02) detect (08)
-                 "stage1_cascade.standin.backends"}  # after i8-a1: standin.backends (04a) imports detect (08)
-
-
-def _pending(mods, why):
-    return [pytest.param(m, marks=pytest.mark.xfail(strict=False, reason=why)) if m in mods else m for m in sorted(GENERATED)]
-
-
 def test_the_layout_is_found():
     "The parsing sees the package (a wrong path would pass every test below with nothing checked)."
     assert {"stage1_cascade.core", "stage1_cascade.data", "stage1_cascade.scenes", "stage1_cascade.scoring"} <= set(GENERATED)
@@ -101,7 +88,7 @@ def test_one_module_per_notebook():
     assert {nb: ms for nb, ms in seen.items() if len(ms) > 1} == {}
 
 
-@pytest.mark.parametrize("mod", _pending(PENDING_ORDER, "imports a notebook renumbered by another layout branch"))
+@pytest.mark.parametrize("mod", sorted(GENERATED))
 def test_no_import_from_a_later_notebook(mod):
     mine = _order(GENERATED[mod])
     later = {t: f"{GENERATED[t]} (line {ln})" for t, ln in _imports(mod).items()
@@ -109,7 +96,7 @@ def test_no_import_from_a_later_notebook(mod):
     assert later == {}, f"{mod} ({GENERATED[mod]}) imports from later notebooks: {later}"
 
 
-@pytest.mark.parametrize("mod", _pending(PENDING_SIZE, "split by another layout branch of issue 8"))
+@pytest.mark.parametrize("mod", sorted(GENERATED))
 def test_module_is_small(mod):
     n = len(FILES[mod].read_text().splitlines())
     assert n <= MAX_LINES, f"{mod} has {n} lines (at most {MAX_LINES}): split it by role"
@@ -145,3 +132,15 @@ def test_importing_the_package_changes_no_environment():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=keep, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
+NOTEBOOKS = sorted(p for p in (ROOT/"nbs").glob("[0-9]*.ipynb"))
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_opens_with_a_title_and_a_summary(nb):
+    "A newcomer reads what a notebook teaches before any code: an H1, then a `>` summary, in the first cell."
+    first = json.loads(nb.read_text())["cells"][0]
+    src = "".join(first["source"])
+    assert first["cell_type"] == "markdown" and src.startswith("# "), f"{nb.name}: first cell is not an H1"
+    assert any(l.startswith("> ") for l in src.splitlines()), f"{nb.name}: no one-line '>' summary under the title"

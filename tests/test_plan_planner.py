@@ -12,7 +12,7 @@ def test_table_has_the_default_26_and_validates():
     t = F.load_models()
     d26 = [m for m in t.values() if m.default26]
     assert len(d26) == 26
-    assert {m.tier for m in d26} == set(F.TIERS)
+    assert {m.tier for m in d26} == set(F.MODEL_TIERS)
 
 
 def test_bad_rows_are_refused_by_name(tmp_path):

@@ -15,7 +15,7 @@ import yaml
 from ..core import VLM_TIERS, S1CError, assets_dir
 
 # %% auto #0
-__all__ = ['STAGE1_TIERS', 'TIERS', 'ATTENTION_KINDS', 'PRECISIONS', 'KV_DTYPES', 'GPU_MIB', 'PlanError', 'UnknownModel',
+__all__ = ['STAGE1_TIERS', 'MODEL_TIERS', 'ATTENTION_KINDS', 'PRECISIONS', 'KV_DTYPES', 'GPU_MIB', 'PlanError', 'UnknownModel',
            'UnknownGPU', 'ModelSpec', 'load_models', 'quantized_bytes', 'facts_table', 'kv_dtype_spec',
            'kv_bytes_per_token', 'kv_bytes_per_seq', 'weight_bytes', 'choose_precision', 'kv_bytes_from_config',
            'measured_cache_bytes', 'twin_kv_check', 'tiny_twin_configs', 'measure_image_tokens', 'GPU', 'parse_gpus',
@@ -33,7 +33,7 @@ class UnknownGPU(PlanError):
 
 # %% ../../nbs/05a_model_facts.ipynb #61992e83
 STAGE1_TIERS = ("detector", "level2")       # models that run inside the one Stage-1 process
-TIERS = STAGE1_TIERS + VLM_TIERS
+MODEL_TIERS = STAGE1_TIERS + VLM_TIERS  # the tiers a model of models.yaml may have
 ATTENTION_KINDS = ("full", "mla", "hybrid")
 
 def _find_models_file() -> Path: return assets_dir() / "models" / "models.yaml"
@@ -72,7 +72,7 @@ def _check_spec(d: dict, i: int) -> ModelSpec:
     where = f"models.yaml row {i} ({d.get('id', '?')})"
     for k in ("id", "name", "tier", "params_b"):
         if k not in d: raise PlanError(f"{where}: missing field {k!r}")
-    if d["tier"] not in TIERS: raise PlanError(f"{where}: tier {d['tier']!r} not in {TIERS}")
+    if d["tier"] not in MODEL_TIERS: raise PlanError(f"{where}: tier {d['tier']!r} not in {MODEL_TIERS}")
     if not (0 < float(d["params_b"]) < 2000): raise PlanError(f"{where}: params_b {d['params_b']!r} out of (0, 2000)")
     known = set(ModelSpec.__dataclass_fields__)
     extra = set(d) - known

@@ -17,14 +17,14 @@ from .facts import (
     load_models, parse_gpus, weight_bytes)
 
 # %% auto #0
-__all__ = ['TIER_ORDER', 'GiB', 'InventoryTooSmall', 'Placement', 'MemoryPlan', 'resolve_models', 'place', 'make_plan',
+__all__ = ['PLACEMENT_PRIORITY', 'GiB', 'InventoryTooSmall', 'Placement', 'MemoryPlan', 'resolve_models', 'place', 'make_plan',
            'plot_gpu', 'write_plan']
 
 # %% ../../nbs/09_plan.ipynb #21de7e87
 class InventoryTooSmall(PlanError):
     "A GPU inventory that cannot hold even one of the requested models."
 
-TIER_ORDER = {t: 0 for t in STAGE1_TIERS} | {t: i + 1 for i, t in enumerate(VLM_TIERS)}  # placement priority
+PLACEMENT_PRIORITY = {t: 0 for t in STAGE1_TIERS} | {t: i + 1 for i, t in enumerate(VLM_TIERS)}  # placement priority
 GiB = 2**30
 
 @dataclass
@@ -126,7 +126,7 @@ def _first_fit(items, free):
 def place(gpus: list[GPU], fps: list[Placement], stage1_bytes: float, residual_b: float):
     "Best plan over wake-slot sizes: fewest dropped, then most resident, then most free room."
     vlms = sorted([p for p in fps if p.tier in VLM_TIERS],
-                  key=lambda p: (TIER_ORDER[p.tier], -p.footprint_bytes))
+                  key=lambda p: (PLACEMENT_PRIORITY[p.tier], -p.footprint_bytes))
     caps = [g.total_bytes for g in gpus]
     best = None
     slot_sizes = sorted({0.0} | {p.footprint_bytes for p in vlms}, reverse=True)
@@ -203,7 +203,7 @@ def make_plan(gpus: str | list[GPU] = "2xH100-80GB",   # inventory string or par
         p.status, p.gpu, p.reason = "resident", best["stage1_gpu"], "Stage-1 process (always resident)"
     used = {g.index: (stage1_bytes if g.index == best["stage1_gpu"] and stage1 else 0.0) for g in cards}
     by = {p.model: p for p in fps}
-    for p in sorted(fps, key=lambda p: (TIER_ORDER[p.tier], -p.footprint_bytes)):
+    for p in sorted(fps, key=lambda p: (PLACEMENT_PRIORITY[p.tier], -p.footprint_bytes)):
         if p.model in best["where"]:
             p.status, p.gpu, p.reason = "resident", best["where"][p.model], f"{p.tier} tier, fits"
             p.gpu_memory_utilization = _util(p.footprint_bytes, cards[p.gpu].total_bytes)

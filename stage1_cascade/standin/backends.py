@@ -130,8 +130,8 @@ def build_standins(out:str|Path|None=None, # assets folder: writes out/standin/<
                    stage1_dir:str|Path|None=None, # Stage 1 to measure on the same images; default out/stage1 if it exists
                    log:Callable[[str], None]|None=None)->dict:
     "Train the stand-in server's tier classifiers from `seed`, measure them against Stage 1, write out/standin with its manifest."
-    from stage1_cascade.detect import (DetectError, Stage1, _check_block, _replace_dir, _seeds, _write_manifest,
-                                       load_classifier, save_classifier, train_classifier)
+    from stage1_cascade.detect import DetectError, Stage1, load_classifier, save_classifier, train_classifier
+    from stage1_cascade.train import _check_block, _replace_dir, _seeds, _write_manifest
     log = log or get_logger("standin").info; out = Path(out or assets_dir()); t_all = time.perf_counter()
     specs = specs or STANDIN_SPECS; seeds = _seeds(seed); t = time.perf_counter()
     if n_extra is None: n_extra = max(0, max(v["n_train"] for v in specs.values()) - n_train - n_boxes)
