@@ -4,7 +4,7 @@ goes and how to move it. Each claim is checked against the code, so a change to 
 import os, re, subprocess, sys
 from pathlib import Path
 
-from stage1_cascade.data import NEGATIVE_NAMES, POSITIVE_NAMES
+from stage1_cascade.datasets import NEGATIVE_NAMES, POSITIVE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT/"README.md").read_text()
