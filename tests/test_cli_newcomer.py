@@ -48,7 +48,7 @@ def test_eval_fits_80_columns_and_never_overwrites_a_run(tmp_path):
 
 
 def test_one_class_data_set_warns_that_mcc_means_nothing(tmp_path):
-    from stage1_cascade.data import synthetic_samples
+    from stage1_cascade.scenes import synthetic_samples
     pos = [s for s in synthetic_samples(10, seed=7001) if s.label == 1][:4]
     (tmp_path/"data"/"roadwork").mkdir(parents=True)
     for i, s in enumerate(pos): (tmp_path/"data"/"roadwork"/f"{i}.jpg").write_bytes(s.image)
