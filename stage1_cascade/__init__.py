@@ -27,6 +27,7 @@ Modules:
 - `stage1_cascade.standin.protocol`: The request types, body reading and checks of vLLM's OpenAI-compatible server, and its answer to each kind of bad request, so that a client probing a stand-in server gets what a vLLM server would send.
 - `stage1_cascade.standin.server`: A FastAPI app that serves vLLM's routes, JSON shapes and metrics from a stand-in backend, injects faults on request, and runs on loopback in a thread or as a killable process; a fleet of them stands in for the cascade's VLM tiers.
 - `stage1_cascade.train`: Builds the shipped Stage 1 from one seed: trains every candidate adapter, keeps a member only if it raises the cross-validated stacked AUC on the calibration split, fits the fusion, measures on held-out images, and writes the checkpoints with a manifest that a test recomputes from the weights.
+- `stage1_cascade.validator`: Replays the subnet's scoring loop against any miner (the cascade in this process, or an HTTP endpoint): challenges drawn, augmented and encoded as a validator makes them, answers scored round by round with the validator's rules, the EMA score it would keep, two miners compared on one challenge stream, and a gate on the expected score.
 - `stage1_cascade.vlm`: The cascade's VLM tiers are servers, not imports: this client asks each one yes/no question per image over vLLM's OpenAI-compatible HTTP API, reads P(roadwork) from the first token's logprobs, keeps to the caller's time budget and fails with typed errors."""
 
 __version__ = "0.1.0"

@@ -21,9 +21,9 @@ from . import __version__
 from .core import S1CError, assets_dir, get_settings, get_logger, new_run_dir, redact
 
 # %% auto #0
-__all__ = ['app', 'console', 'err_console', 'WIDTH', 'EVAL_OUTPUTS', 'main', 'collect_info', 'info', 'fit_parts',
+__all__ = ['app', 'console', 'err_console', 'WIDTH', 'EVAL_OUTPUTS', 'GATE_EXIT', 'main', 'collect_info', 'info', 'fit_parts',
            'OutputNotEmpty', 'eval_target', 'routing_lines', 'demo', 'eval_', 'predict', 'calibrate', 'train_target',
-           'train', 'plan', 'compress_bench', 'quantize']
+           'train', 'plan', 'compress_bench', 'quantize', 'validate_target', 'validate']
 
 # %% ../nbs/99_cli.ipynb #5d163d64
 class _NamedArgument(TyperArgument):
@@ -356,3 +356,58 @@ def quantize(model: Optional[Path] = typer.Option(None, "--model", help="A Huggi
     src = save_twin(out.parent/f"{out.name}-source-twin") if twin else model
     r = _q(src, scheme, out, env=env)
     console.print_json(json.dumps({k: r[k] for k in r if k not in ("stdout", "stderr")}, default=str)[:3000])
+
+# %% ../nbs/99_cli.ipynb #362530eb
+GATE_EXIT = 4  # `validate --min-score`: a miner's expected score is below the gate
+
+def validate_target(out: Path | None, force: bool = False) -> Path | None:
+    "`validate`'s `--out`: new or empty, or non-empty with `force` (the run's files there are replaced)."
+    if out is None: return None
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise OutputNotEmpty(f"--out {out} is a file: give a folder")
+    if not force and out.exists() and (n := sum(1 for _ in out.iterdir())):
+        raise OutputNotEmpty(f"--out {out} is not empty ({n} entries): give a new or empty folder, or add --force to "
+                             "replace the run's files there")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+def _score_lines(name: str, s: dict) -> list[str]:
+    lo, hi = s["expected_score_rounds"]; reach = s["rounds_to_90pct_final_ema"]
+    return [fit_parts([f"{name}: expected score {s['expected_score']:.3f} (mean reward, rounds {lo}-{hi})",
+                       f"final EMA {s['final_ema']:.3f} after {s['rounds']} rounds",
+                       f"90 % of it by round {reach}" if reach else "EMA never above 0",
+                       f"accuracy {s['accuracy']:.3f}", f"MCC {s['mcc']:.3f}", f"timeouts {s['timeouts']}",
+                       f"errors {s['errors']}", f"invalid answers {s['invalid_answers']}"])]
+
+@app.command()
+def validate(miner: Optional[str] = typer.Option(None, "--miner", help="local, local:CONFIG (cascade, stage1_only, top_tier_only, a routing YAML) or an http(s):// miner URL."),
+             compare: Optional[tuple[str, str]] = typer.Option(None, "--compare", metavar="BASE OTHER", help="Two miners on the same challenges, baseline first."),
+             real: str = typer.Option("scenes", "--real", help="Real images: 'scenes' (the scene generator) or a labelled data set."),
+             generated: str = typer.Option("styled-scenes", "--generated", help="Generated images: 'styled-scenes' (a CPU stand-in for SDXL output) or a folder of them."),
+             rounds: int = typer.Option(200, "--rounds", min=1, help="Challenges; from 150, the expected score averages rounds 101 on."),
+             seed: int = typer.Option(0, "--seed", help="The challenge stream is a function of the seed."),
+             out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: a new one under runs/); refused if not empty."),
+             force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
+             min_score: Optional[float] = typer.Option(None, "--min-score", help="Exit 4 if a miner's expected score is below this."),
+             key: Optional[str] = typer.Option(None, "--key", envvar="S1C_MINER_KEY", show_envvar=False, help="Bearer key of an HTTP miner (or S1C_MINER_KEY)."),
+             timeout: float = typer.Option(9.0, "--timeout", min=0.001, help="Seconds the validator waits for an answer."),
+             progress: bool = typer.Option(True, "--progress/--no-progress")):
+    "Replay the subnet's scoring loop against a miner: rounds.jsonl, summary.json and plots; exit 4 below --min-score."
+    from stage1_cascade.validator import below_min_score, validate as _validate
+    if (miner is None) == (compare is None): raise typer.BadParameter("give exactly one of --miner SPEC or --compare BASE OTHER")
+    out = validate_target(out, force)
+    import time; t0 = time.perf_counter()
+    res = _validate([miner] if miner else list(compare), rounds, seed, real, generated, out, timeout, key, progress)
+    for name, s in res["miners"].items():
+        for line in _score_lines(name, s): _say(line)
+    s = next(iter(res["miners"].values()))
+    for role in ("real", "generated"): _say(_fill(f"{role} images: {s['sources'][role]}"), "dim")
+    if (c := res.get("compare")):
+        _say(fit_parts([f"{c['other']} - {c['base']}: expected score {c['difference']:+.3f}",
+                        f"{c['level']:.0%} interval {c['low']:+.3f} to {c['high']:+.3f}",
+                        f"paired block bootstrap, rounds {c['rounds_compared'][0]}-{c['rounds_compared'][1]}, "
+                        f"blocks of {c['block_rounds']}"]), "bold")
+    _say(fit_parts([f"run folder: {res['out']}", f"({time.perf_counter() - t0:.0f} s)"], "  "), "bold")
+    if min_score is not None and (low := below_min_score(res["miners"], min_score)):
+        _say(fit_parts([f"below --min-score {min_score:g}: " + ", ".join(f"{k} ({v:.3f})" for k, v in low.items())]), "red")
+        raise typer.Exit(GATE_EXIT)
