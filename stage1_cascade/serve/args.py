@@ -269,9 +269,11 @@ def plan(gpus: str = "2xH100-80GB",   # GPU inventory, e.g. '2xH100-80GB'
          lmcache: bool = False,        # add LMCache (CPU tier) to every server
          host: str = "127.0.0.1",      # where resident servers listen (beyond loopback only if asked; sleepers never)
          api_key: bool = True,         # servers want the fleet's API key (turn off only if asked)
+         base_port: int = 8001,        # the first server's port; the others follow
         ) -> MemoryPlan:
     "Plan the models on the GPUs; with `out`, write plan.json, one PNG per GPU, serve.sh and LMCache files."
-    p = make_plan(gpus, models, kv_dtype=kv_dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs, weights=weights)
+    p = make_plan(gpus, models, kv_dtype=kv_dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs, weights=weights,
+                  base_port=base_port)
     if out is None: return p
     cfgs = stack_configs(p, lmcache=lmcache, host=host, api_key=api_key)
     for sc in cfgs.values():  # every command validates, and is as secure as asked, before anything is written
