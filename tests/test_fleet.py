@@ -112,7 +112,7 @@ def test_a_server_that_cannot_start_is_named_and_nothing_is_left(three):
 
 def test_supervision_hung_crashed_and_given_up(three):
     state = three/"fleet"
-    fleet_up(three, state, "cpu", check_s=0.2, health_timeout_s=0.5, unhealthy_after=2, backoff_s=0.2, max_restarts=2)
+    fleet_up(three, state, "cpu", check_s=0.2, health_timeout_s=2.0, unhealthy_after=2, backoff_s=0.2, max_restarts=2)
     hung = row(state, RESIDENT)["pid"]
     os.kill(hung, signal.SIGSTOP)   # alive but answering nothing: /health fails, the server is replaced
     r1 = wait_for(lambda: (r := row(state, RESIDENT))["restarts"] == 1 and r["state"] == "healthy" and r)
