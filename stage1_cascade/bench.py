@@ -85,6 +85,13 @@ def open_stack(
                                       "margin_s": min(settings.deadline_margin_s, settings.deadline_s / 2)})
     urls, servers = settings.vlm_urls(), None
     need = [t for t in config.tiers if t in VLM_TIERS]
+    if settings.registry is not None:  # the fleet's registry: several models per tier, sleepers woken through the fleet
+        from stage1_cascade.serve.registry import DirectWaker, FleetWaker, Registry, registry_tiers
+        reg = Registry.load(settings.registry)
+        want = [t for t in (tiers or reg.tiers())]
+        waker = (FleetWaker if reg.control_url else DirectWaker)(settings.registry)
+        clients = registry_tiers(settings.registry, waker, settings.tier_routing, want, timeout_s=settings.vlm_timeout_s)
+        return CascadeStack(stage1 or default_stage1(), clients, config, None, False)
     if tiers is not None: want = list(tiers)
     elif urls: want = sorted(set(need) | set(urls), key=TIERS.index)
     else: want = list(VLM_TIERS)

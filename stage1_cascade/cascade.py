@@ -39,6 +39,7 @@ class Tier:
     name: str  # one of TIERS
     predict: Callable[[Any, float], float]  # the model; gets the image and the seconds it may use
     expected_s: float = 0.0  # typical seconds per call: skipped when less time than this is left
+    ready_s: Callable[[], float]|None = None  # seconds before it can answer (a sleeping model's wake), counted against the deadline
 
     def __post_init__(self):
         if self.name not in TIERS:
@@ -59,9 +60,9 @@ def as_tier(
 ) -> Tier:
     "Wrap `obj` as a `Tier` named `name`."
     if isinstance(obj, Tier):
-        return obj if obj.name == name else Tier(name, obj.predict, obj.expected_s)
-    if hasattr(obj, "p_roadwork"):
-        return Tier(name, lambda img, s: _as_p(obj.p_roadwork(img, timeout_s=s)), expected_s)
+        return obj if obj.name == name else Tier(name, obj.predict, obj.expected_s, obj.ready_s)
+    if hasattr(obj, "p_roadwork"):  # a client; a registry tier also says how long its wake would take (`wake_s`)
+        return Tier(name, lambda img, s: _as_p(obj.p_roadwork(img, timeout_s=s)), expected_s, getattr(obj, "wake_s", None))
     if hasattr(obj, "predict") and callable(obj.predict):
         return Tier(name, lambda img, s: _as_p(obj.predict(img)), expected_s)
     if callable(obj):
@@ -225,9 +226,11 @@ class Cascade:
             tier = self.tiers[name]
             left = end - time.perf_counter()
             need = cfg.expected_s.get(name, tier.expected_s)
-            if left <= 0 or left < need:
+            wake = tier.ready_s() if tier.ready_s is not None else 0.0  # a wake the tier needs first is time the deadline pays
+            if left <= 0 or left < need + wake:
                 hit = True
-                errors[name] = f"skipped: {max(left, 0):.3f} s left before the deadline margin, tier expects {need:.3f} s"
+                errors[name] = (f"skipped: {max(left, 0):.3f} s left before the deadline margin, tier expects {need:.3f} s"
+                                + (f" after a wake of ~{wake:.3f} s" if wake else ""))
                 break
             limit = min(left, cfg.timeouts.get(name, math.inf))
             v, err, ms, timed_out = _run_tier(tier, img, limit)

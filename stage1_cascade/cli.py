@@ -21,9 +21,10 @@ from . import __version__
 from .core import S1CError, assets_dir, get_settings, get_logger, new_run_dir, redact
 
 # %% auto #0
-__all__ = ['app', 'console', 'err_console', 'WIDTH', 'EVAL_OUTPUTS', 'GATE_EXIT', 'main', 'collect_info', 'info', 'fit_parts',
-           'OutputNotEmpty', 'eval_target', 'routing_lines', 'demo', 'eval_', 'predict', 'calibrate', 'train_target',
-           'train', 'plan', 'compress_bench', 'quantize', 'validate_target', 'validate']
+__all__ = ['app', 'console', 'err_console', 'WIDTH', 'EVAL_OUTPUTS', 'fleet_app', 'GATE_EXIT', 'main', 'collect_info', 'info',
+           'fit_parts', 'OutputNotEmpty', 'eval_target', 'routing_lines', 'demo', 'eval_', 'predict', 'calibrate',
+           'train_target', 'train', 'plan', 'compress_bench', 'quantize', 'fleet_table', 'fleet_up', 'fleet_status',
+           'fleet_down', 'fleet_smoke', 'validate_target', 'validate']
 
 # %% ../nbs/99_cli.ipynb #5d163d64
 class _NamedArgument(TyperArgument):
@@ -323,11 +324,15 @@ def plan(gpus: str = typer.Option("2xH100-80GB", "--gpus", help="GPU inventory, 
          max_num_seqs: int = typer.Option(8, "--max-num-seqs", min=1),
          weights: str = typer.Option("auto", "--weights", help="auto, bf16, fp8 or int4."),
          lmcache: bool = typer.Option(False, "--lmcache", help="Add LMCache (CPU KV tier) to every server."),
+         host: str = typer.Option("127.0.0.1", "--host", help="Where resident servers listen (sleepers: loopback)."),
+         no_api_key: bool = typer.Option(False, "--no-api-key", help="Servers take no API key (not advised)."),
+         base_port: int = typer.Option(8001, "--base-port", min=1, max=65000, help="The first server's port."),
          out: Path = typer.Option(..., "--out", help="Folder for plan.json, gpu<i>.png, serve.sh.")):
     "Place the models on the GPUs from their architectures: plan.json, a bar chart per GPU, the vllm serve commands."
     from stage1_cascade.serve.args import plan as _plan
     p = _plan(gpus, models, kv_dtype=kv_dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-              out=out, weights=weights, lmcache=lmcache)
+              out=out, weights=weights, lmcache=lmcache, host=host, api_key=not no_api_key,
+              base_port=base_port)
     console.print(p.summary())
     console.print(f"wrote {out}/plan.json, {out}/serve.sh and one PNG per GPU")
 
@@ -356,6 +361,71 @@ def quantize(model: Optional[Path] = typer.Option(None, "--model", help="A Huggi
     src = save_twin(out.parent/f"{out.name}-source-twin") if twin else model
     r = _q(src, scheme, out, env=env)
     console.print_json(json.dumps({k: r[k] for k in r if k not in ("stdout", "stderr")}, default=str)[:3000])
+
+# %% ../nbs/99_cli.ipynb #a3cb13d4
+fleet_app = _Typer(name="fleet", no_args_is_help=True, add_completion=False, cls=_Group,
+                   help="Run the plan's VLM servers: up, status, down, and the smoke benchmark.")
+app.add_typer(fleet_app, name="fleet")
+
+def _fleet_dir(plan: Optional[Path], state: Optional[Path]) -> Path:
+    if state is None and plan is None: raise typer.BadParameter("give --plan DIR (state in DIR/fleet) or --state DIR")
+    return state or plan/"fleet"
+
+def fleet_table(st: dict) -> Table:
+    "The fleet's servers as a table that fits 80 columns."
+    t = Table(title=f"fleet {st['phase']} (supervisor PID {st.get('supervisor_pid')})", title_justify="left")
+    for c in ("model", "tier", "gpu", "port", "pid", "state", "restarts", "up s"): t.add_column(c, overflow="fold")
+    for r in st["servers"]:
+        t.add_row(r["model"], r["tier"], str(r["gpu"]), str(r["port"]), str(r["pid"] or "-"), r["state"], str(r["restarts"]),
+                  "-" if r["uptime_s"] is None else f"{r['uptime_s']:.0f}")
+    return t
+
+_PLAN_OPT = typer.Option(None, "--plan", help="Plan folder (stage1-cascade plan --out DIR).")
+_STATE_OPT = typer.Option(None, "--state", help="Fleet state folder (default: PLAN/fleet).")
+
+@fleet_app.command("up")
+def fleet_up(plan: Path = typer.Option(..., "--plan", help="Plan folder (stage1-cascade plan --out DIR)."),
+             state: Optional[Path] = _STATE_OPT,
+             mode: Optional[str] = typer.Option(None, "--mode", help="cpu (stand-ins) or gpu (vllm serve); default S1C_MODE."),
+             foreground: bool = typer.Option(False, "--foreground", help="Stay attached; Ctrl-C stops every server."),
+             host: str = typer.Option("127.0.0.1", "--host", help="Where resident servers listen (sleepers: loopback)."),
+             scorer: str = typer.Option("orange", "--scorer", help="What cpu-mode stand-ins answer from.")):
+    "Start every server of a plan; return when all are healthy or asleep."
+    from stage1_cascade.serve.fleet import fleet_up as _up
+    d = _fleet_dir(plan, state)
+    st = _up(plan, d, mode or get_settings().mode, foreground=foreground, host=host, scorer=scorer)
+    console.print(fleet_table(st))
+    console.print(f"registry for the cascade: S1C_REGISTRY={d/'registry.json'}")
+
+@fleet_app.command("status")
+def fleet_status(plan: Optional[Path] = _PLAN_OPT, state: Optional[Path] = _STATE_OPT,
+                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    "Each server's model, tier, GPU, port, PID, state, restarts and uptime."
+    from stage1_cascade.serve.fleet import fleet_status as _status
+    st = _status(_fleet_dir(plan, state))
+    if as_json: typer.echo(json.dumps(st)); return
+    console.print(fleet_table(st))
+    for r in st["servers"]:
+        if r["state"] == "failed": err_console.print(f"failed: {r['model']}: {r['last_exit']} (log: {r['log']})")
+
+@fleet_app.command("down")
+def fleet_down(plan: Optional[Path] = _PLAN_OPT, state: Optional[Path] = _STATE_OPT):
+    "Stop every server (SIGTERM, then SIGKILL); exit 1 if a process is left."
+    from stage1_cascade.serve.fleet import fleet_down as _down
+    r = _down(_fleet_dir(plan, state))
+    console.print(f"stopped {r['stopped']} servers; {r['pids_checked']} PIDs checked, orphans: {len(r['orphans'])}")
+    if r["orphans"]: raise typer.Exit(1)
+
+@fleet_app.command("smoke")
+def fleet_smoke(plan: Path = typer.Option(..., "--plan", help="Plan folder (stage1-cascade plan --out DIR)."),
+                images: int = typer.Option(1000, "--images", min=1, help="Synthetic images through the cascade."),
+                workers: int = typer.Option(4, "--workers", min=1, help="Images routed at once."),
+                routing: str = typer.Option("first", "--routing", help="first or fuse (a tier of several models)."),
+                state: Optional[Path] = _STATE_OPT,
+                progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")):
+    "Bring the plan's servers up as stand-ins, route images with a kill and a sleep, stop all; print one JSON object."
+    from stage1_cascade.serve.smoke import fleet_smoke as _smoke
+    typer.echo(json.dumps(_smoke(plan, images, workers, routing, state_dir=state, progress=progress)))
 
 # %% ../nbs/99_cli.ipynb #362530eb
 GATE_EXIT = 4  # `validate --min-score`: a miner's expected score is below the gate

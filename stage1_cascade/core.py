@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     fast_url: str | None = None  # OpenAI-compatible server of the fast VLM tier (e.g. http://host:8001/v1)
     power_url: str | None = None  # ... of the power tier
     precision_url: str | None = None  # ... of the precision tier
+    registry: Path | None = None  # the fleet's registry.json (tier -> models -> URLs): used instead of the *_url settings
+    tier_routing: Literal["first", "fuse"] = "first"  # a tier of several models: first healthy one, or all of them fused
     vlm_timeout_s: float = Field(3.0, gt=0)  # per VLM request
     figures_dir: Path | None = None  # where notebooks record their figures as JSON (set by the test suites)
     hf_token: str | None = Field(None, repr=False)  # never logged

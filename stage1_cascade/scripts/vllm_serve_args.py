@@ -28,7 +28,7 @@ def parse_all(argvs: list[list[str]]) -> list[dict]:
         except Exception as e:
             res.append({"ok": False, "stage": "CacheConfig", "error": f"{type(e).__name__}: {str(e)[:300]}"}); continue
         res.append({"ok": True, "kv_cache_dtype": ns.kv_cache_dtype, "enable_sleep_mode": ns.enable_sleep_mode,
-                    "gpu_memory_utilization": ns.gpu_memory_utilization, "port": ns.port,
+                    "gpu_memory_utilization": ns.gpu_memory_utilization, "port": ns.port, "host": ns.host,
                     "speculative_config": str(ns.speculative_config)[:200],
                     "kv_transfer_config": str(ns.kv_transfer_config)[:200]})
     return res

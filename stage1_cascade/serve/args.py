@@ -7,7 +7,7 @@ Docs: https://example.invalid/stage1_cascade/serve_args.html.md"""
 
 # %% ../../nbs/10_serve_args.ipynb #a5d2bad9
 from __future__ import annotations
-import json, math, os, shlex, shutil
+import ipaddress, json, math, os, shlex, shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 import yaml
@@ -16,9 +16,10 @@ from ..plan.facts import PlanError, STAGE1_TIERS, VLM_TIERS, load_models
 from ..plan.placement import MemoryPlan, make_plan, write_plan
 
 # %% auto #0
-__all__ = ['VLLM_KV_CACHE_DTYPES', 'SPECULATIVE_METHODS', 'VLLM_SERVE_SCHEMA', 'LMCacheSettings', 'StackConfig', 'serve_args',
-           'lmcache_yaml', 'serve_env', 'InvalidServeArgs', 'validate_serve_args', 'vllm_python', 'validate_with_vllm',
-           'stack_configs', 'serve_script', 'plan']
+__all__ = ['VLLM_KV_CACHE_DTYPES', 'SPECULATIVE_METHODS', 'VLLM_SERVE_SCHEMA', 'KEY_FILE_LINES', 'LMCacheSettings', 'StackConfig',
+           'serve_args', 'lmcache_yaml', 'is_loopback', 'serve_env', 'InvalidServeArgs', 'InsecureServe',
+           'validate_serve_args', 'vllm_python', 'validate_with_vllm', 'stack_configs', 'check_secure', 'serve_script',
+           'plan']
 
 # %% ../../nbs/10_serve_args.ipynb #c841fef6
 @dataclass
@@ -35,6 +36,8 @@ class StackConfig:
     "How one model is served by vLLM."
     checkpoint: str
     port: int = 8000
+    host: str = "127.0.0.1"  # loopback unless the user asks (vLLM's own default is every interface)
+    api_key: bool = True     # the server wants the fleet's key (VLLM_API_KEY, never on the command line)
     kv_cache_dtype: str = "auto"
     prefix_caching: bool = True
     sleep_mode: bool = False
@@ -52,7 +55,7 @@ class StackConfig:
 
 def serve_args(s: StackConfig) -> list[str]:
     "The `vllm serve` argv for a stack config."
-    a = ["vllm", "serve", s.checkpoint, "--port", str(s.port)]
+    a = ["vllm", "serve", s.checkpoint, "--host", s.host, "--port", str(s.port)]
     if s.served_model_name: a += ["--served-model-name", s.served_model_name]
     if s.kv_cache_dtype != "auto": a += ["--kv-cache-dtype", s.kv_cache_dtype]
     if not s.prefix_caching: a += ["--no-enable-prefix-caching"]
@@ -79,16 +82,31 @@ def lmcache_yaml(lm: LMCacheSettings) -> str:
         d |= {"local_disk": lm.local_disk, "max_local_disk_size": lm.max_local_disk_size}
     return yaml.safe_dump(d, sort_keys=False)
 
-def serve_env(s: StackConfig, lmcache_path: str | None = None) -> dict:
-    "Environment variables the server needs (LMCache file, dev endpoints for sleep/wake)."
+def is_loopback(host: str) -> bool:
+    "True for an address only this machine reaches (127.0.0.0/8, ::1, 'localhost')."
+    if host == "localhost": return True
+    try: return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError: return False
+
+def serve_env(s: StackConfig, lmcache_path: str | None = None, api_key: str | None = None) -> dict:
+    "Environment variables the server needs (LMCache file, the API key, dev endpoints for sleep/wake on loopback only)."
     env = {}
     if s.lmcache: env["LMCACHE_CONFIG_FILE"] = lmcache_path or "lmcache.yaml"
-    if s.sleep_mode: env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep and /wake_up are dev endpoints in vLLM
+    if s.api_key and api_key: env["VLLM_API_KEY"] = api_key
+    if s.sleep_mode:  # /sleep, /wake_up and /collective_rpc are dev endpoints in vLLM, open to whoever reaches the port
+        if not is_loopback(s.host):
+            raise InsecureServe(f"{s.served_model_name or s.checkpoint}: sleep mode needs VLLM_SERVER_DEV_MODE=1, whose endpoints "
+                                f"(/sleep, /wake_up, /collective_rpc) no API key guards; refusing to bind it to {s.host}: keep "
+                                "--host 127.0.0.1 and reach it through an SSH tunnel")
+        env["VLLM_SERVER_DEV_MODE"] = "1"
     return env
 
 # %% ../../nbs/10_serve_args.ipynb #9322dae9
 class InvalidServeArgs(PlanError):
     "A `vllm serve` argument list that does not validate."
+
+class InsecureServe(PlanError):
+    "A server that would listen beyond loopback, without an API key, or with dev endpoints open, when nobody asked for it."
 
 VLLM_KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla",
                         "nvfp4_ds_mla", "turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc",
@@ -98,6 +116,8 @@ SPECULATIVE_METHODS = ("ngram", "draft_model", "suffix", "eagle", "eagle3", "mtp
 
 VLLM_SERVE_SCHEMA = {
     "--port": {"type": "int", "min": 1, "max": 65535},
+    "--host": {"type": "str"},
+    "--api-key": {"type": "str"},
     "--served-model-name": {"type": "str"},
     "--kv-cache-dtype": {"type": "choice", "choices": VLLM_KV_CACHE_DTYPES},
     "--enable-prefix-caching": {"type": "flag"},
@@ -177,6 +197,8 @@ def validate_with_vllm(argvs: list[list[str]], python: str | None = None, timeou
 # %% ../../nbs/10_serve_args.ipynb #effc4c2f
 def stack_configs(plan: MemoryPlan, table: dict | None = None, lmcache: bool = False,
                   kv_budget: str = "utilization", # 'utilization' (--gpu-memory-utilization) or 'bytes' (--kv-cache-memory-bytes)
+                  host: str = "127.0.0.1", # where residents listen; sleeping servers stay on loopback whatever this says
+                  api_key: bool = True, # every server wants the fleet's API key
                  ) -> dict[str, StackConfig]:
     "One StackConfig per resident or sleeping VLM of the plan."
     if kv_budget not in ("utilization", "bytes"): raise PlanError(f"kv_budget {kv_budget!r} not in ['utilization', 'bytes']")
@@ -189,16 +211,36 @@ def stack_configs(plan: MemoryPlan, table: dict | None = None, lmcache: bool = F
         sc = StackConfig(checkpoint=p.checkpoint, port=p.port, kv_cache_dtype=st["kv_dtype"],
                          sleep_mode=p.status == "sleeping", max_model_len=min(st["max_model_len"], m.max_context or 10**9),
                          max_num_seqs=st["max_num_seqs"], trust_remote_code=m.trust_remote_code, served_model_name=m.id,
-                         lmcache=LMCacheSettings() if lmcache else None)
+                         lmcache=LMCacheSettings() if lmcache else None, api_key=api_key,
+                         host=host if p.status == "resident" else "127.0.0.1")
         if kv_budget == "bytes": sc.kv_cache_memory_bytes = int(math.ceil(p.kv_bytes))
         else: sc.gpu_memory_utilization = p.gpu_memory_utilization
         out[p.model] = sc
     return out
 
+KEY_FILE_LINES = [
+    '# The API key every server wants: made once, readable by its owner only (0600), never on a command line.',
+    'KEY_FILE="${S1C_API_KEY_FILE:-$(dirname "$0")/api_key}"',
+    'if [ ! -s "$KEY_FILE" ]; then (umask 077; head -c 32 /dev/urandom | base64 | tr -d "/+=\\n" > "$KEY_FILE"); fi',
+    'S1C_KEY="$(cat "$KEY_FILE")"']
+"How `serve.sh` makes and reads the fleet's API key file."
+
+def check_secure(argv: list[str], env: dict, allow_remote: bool = False, allow_no_key: bool = False) -> None:
+    "Refuse (`InsecureServe`) a server beyond loopback, without an API key (unless allowed) or with dev endpoints beyond loopback."
+    a = list(argv)
+    host = a[a.index("--host") + 1] if "--host" in a else None
+    what = a[2] if len(a) > 2 else "server"
+    if host is None: raise InsecureServe(f"{what}: no --host: vLLM would listen on every interface; render --host 127.0.0.1")
+    if env.get("VLLM_SERVER_DEV_MODE") == "1" and not is_loopback(host):
+        raise InsecureServe(f"{what}: dev endpoints (VLLM_SERVER_DEV_MODE=1) on {host}: dev mode is bound to loopback only")
+    if not is_loopback(host) and not allow_remote: raise InsecureServe(f"{what}: binds {host}, beyond loopback, and nobody asked for it")
+    if not (env.get("VLLM_API_KEY") or "--api-key" in a) and not allow_no_key:
+        raise InsecureServe(f"{what}: no API key (VLLM_API_KEY or --api-key): anyone who reaches port {a[a.index('--port') + 1] if '--port' in a else '?'} could use it")
+
 def serve_script(plan: MemoryPlan, configs: dict[str, StackConfig], lmcache_dir: str = "lmcache") -> str:
-    "A bash script that starts every planned vLLM server in a start-up-safe order."
+    "A bash script that starts every planned vLLM server in a start-up-safe order, each with the fleet's API key."
     L = ["#!/usr/bin/env bash", "# Generated by stage1_cascade.serve.args: one vLLM server per model.",
-         f"# {plan.summary().splitlines()[0]}", "set -euo pipefail", "mkdir -p logs",
+         f"# {plan.summary().splitlines()[0]}", "set -euo pipefail", "mkdir -p logs", *KEY_FILE_LINES,
          "wait_healthy() { for _ in $(seq 1 900); do curl -sf \"http://127.0.0.1:$1/health\" >/dev/null && return 0; sleep 1; done;"
          " echo \"server on port $1 did not become healthy\" >&2; return 1; }", ""]
     s1 = [p for p in plan.placements if p.tier in STAGE1_TIERS and p.status == "resident"]
@@ -206,8 +248,8 @@ def serve_script(plan: MemoryPlan, configs: dict[str, StackConfig], lmcache_dir:
     order = sorted([p for p in plan.placements if p.model in configs], key=lambda p: (p.status != "resident", p.gpu, p.port))
     for p in order:
         sc = configs[p.model]
-        env = serve_env(sc, f"{lmcache_dir}/{p.model}.yaml") | {"CUDA_VISIBLE_DEVICES": str(p.gpu)}
-        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        env = serve_env(sc, f"{lmcache_dir}/{p.model}.yaml", "$S1C_KEY") | {"CUDA_VISIBLE_DEVICES": str(p.gpu)}
+        envs = " ".join(f"{k}={shlex.quote(v) if v != '$S1C_KEY' else chr(34) + v + chr(34)}" for k, v in env.items())
         L.append(f"# {p.model}: {p.status} on GPU {p.gpu}, footprint {p.footprint_bytes / 1e9:.1f} GB")
         L.append(f"{envs} nohup {shlex.join(serve_args(sc))} > logs/{p.model}.log 2>&1 &")
         L.append(f"wait_healthy {sc.port}")
@@ -225,12 +267,19 @@ def plan(gpus: str = "2xH100-80GB",   # GPU inventory, e.g. '2xH100-80GB'
          out: str | Path | None = None, # folder for plan.json, gpu<i>.png, serve.sh; None writes nothing
          weights: str = "auto",        # 'auto' or bf16 / fp8 / int4
          lmcache: bool = False,        # add LMCache (CPU tier) to every server
+         host: str = "127.0.0.1",      # where resident servers listen (beyond loopback only if asked; sleepers never)
+         api_key: bool = True,         # servers want the fleet's API key (turn off only if asked)
+         base_port: int = 8001,        # the first server's port; the others follow
         ) -> MemoryPlan:
     "Plan the models on the GPUs; with `out`, write plan.json, one PNG per GPU, serve.sh and LMCache files."
-    p = make_plan(gpus, models, kv_dtype=kv_dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs, weights=weights)
+    p = make_plan(gpus, models, kv_dtype=kv_dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs, weights=weights,
+                  base_port=base_port)
     if out is None: return p
-    cfgs = stack_configs(p, lmcache=lmcache)
-    for sc in cfgs.values(): validate_serve_args(serve_args(sc))  # every command validates before anything is written
+    cfgs = stack_configs(p, lmcache=lmcache, host=host, api_key=api_key)
+    for sc in cfgs.values():  # every command validates, and is as secure as asked, before anything is written
+        argv = serve_args(sc)
+        validate_serve_args(argv)
+        check_secure(argv, serve_env(sc, api_key="key"), allow_remote=not is_loopback(host), allow_no_key=not api_key)
     out = write_plan(p, out)
     atomic_write_text(out / "serve.sh", serve_script(p, cfgs))
     (out / "serve.sh").chmod(0o755)

@@ -10,6 +10,7 @@ Docs: https://example.invalid/stage1_cascade/standin_server.html.md"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import multiprocessing
@@ -90,7 +91,8 @@ class VLLMMetrics:
         self.running = g("vllm:num_requests_running", "Requests in the model execution batch.")
         self.waiting = g("vllm:num_requests_waiting", "Requests waiting to be processed.")
         self.kv_usage = g("vllm:kv_cache_usage_perc", "KV-cache usage, 1 = full (stand-in: simulated from token counts).")
-        sleep = Gauge("vllm:engine_sleep_state", "Engine sleep state (stand-in: always awake).", L + ["sleep_state"], registry=self.registry)
+        self.sleep_state = sleep = Gauge("vllm:engine_sleep_state", "Engine sleep state (stand-in: awake unless its sleep mode, standin.process, says otherwise).",
+                                         L + ["sleep_state"], registry=self.registry)
         for state, v in (("awake", 1), ("weights_offloaded", 0), ("discard_all", 0)): sleep.labels(**self.labels, sleep_state=state).set(v)
         self.prompt_tokens = c("vllm:prompt_tokens", "Prefill tokens processed.")
         self.generation_tokens = c("vllm:generation_tokens", "Generation tokens processed.")
@@ -146,6 +148,7 @@ class StandinState:
         self.sem, self.running_tokens, self.created = asyncio.Semaphore(max_num_seqs), 0, int(time.time())
         self.counts = {"requests": 0, "ok": 0, "error": 0, "drop": 0, "garbage": 0, "bad_request": 0}
         self.headers = {"x-stage1-standin": f"stand-in for vLLM, not vLLM: answers from backend {backend.name!r}"}
+        self.admission = contextlib.nullcontext  # async context each backend run is held in (standin.process queues it while asleep)
 
     @property
     def text_only_ok(self)->bool:
@@ -248,7 +251,7 @@ async def _run_backend(st:StandinState, images:list, text:str, k:int, temp:float
     m, img = st.metrics, (images[0] if images else None)
     est = count_prompt_tokens(img, text)  # the simulated KV footprint of this request
     m.waiting.inc()
-    async with st.sem:
+    async with st.admission(), st.sem:
         m.waiting.dec(); m.running.inc()
         t_start = time.perf_counter(); m.queue.observe(t_start - t_arrival)
         with st.lock:
@@ -403,11 +406,12 @@ def make_standin_app(
     max_model_len:int=4096, # Reported on the model card
     kv_capacity_tokens:int=65536, # Simulated KV capacity behind vllm:kv_cache_usage_perc
     max_body_bytes:int=DEFAULT_MAX_BODY_BYTES, # Longer request bodies are refused (413) before they are read
+    extensions:Iterable[Callable[[FastAPI], None]]=(), # Called with the app last (e.g. `standin.process`'s sleep mode, API key)
 )->FastAPI:
     "A FastAPI app speaking vLLM's OpenAI-compatible API, answering from `scorer` (a stand-in, and it says so)."
     backend = scorer if hasattr(scorer, "answer") else ScorerBackend(scorer)
     app = _new_app(StandinState(backend, model_name, faults, max_num_seqs, max_logprobs, max_model_len, kv_capacity_tokens, max_body_bytes))
-    for add in (_add_info_routes, _add_admin_routes, _add_chat_route, _add_completions_route): add(app)
+    for add in (_add_info_routes, _add_admin_routes, _add_chat_route, _add_completions_route, *extensions): add(app)
     return app
 
 # %% ../../nbs/04c_standin_server.ipynb #2ecfae37
@@ -421,9 +425,9 @@ def _bound_socket(host:str, port:int)->socket.socket:
     s.listen(128); s.set_inheritable(True)
     return s
 
-def _serve_child(spec, model_name, faults, sock, max_num_seqs, max_body_bytes):  # target of the spawned process
+def _serve_child(spec, model_name, faults, sock, max_num_seqs, max_body_bytes, extensions=()):  # target of the spawned process
     scorer = get_scorer(spec) if isinstance(spec, str) else spec
-    app = make_standin_app(scorer, model_name, faults, max_num_seqs=max_num_seqs, max_body_bytes=max_body_bytes)
+    app = make_standin_app(scorer, model_name, faults, max_num_seqs=max_num_seqs, max_body_bytes=max_body_bytes, extensions=extensions)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", http="h11", lifespan="off")).run(sockets=[sock])
 
 class StandinServer:
@@ -437,9 +441,10 @@ class StandinServer:
                  spawn:bool=False, # True: run in a child process (scorer must be a spec string or picklable)
                  max_num_seqs:int=4, # Concurrent requests
                  startup_timeout_s:float=60.0, # How long to wait for /health
-                 max_body_bytes:int=DEFAULT_MAX_BODY_BYTES): # Request bodies over this are refused (413) unread
+                 max_body_bytes:int=DEFAULT_MAX_BODY_BYTES, # Request bodies over this are refused (413) unread
+                 extensions:Iterable[Callable[[FastAPI], None]]=()): # see `make_standin_app` (picklable when spawned)
         self.scorer,self.model_name,self.faults,self.host,self.spawn = scorer,model_name,faults,host,spawn
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes, self.extensions = max_body_bytes, tuple(extensions)
         self.max_num_seqs,self.startup_timeout_s,self._port = max_num_seqs,startup_timeout_s,port
         self._server = self._thread = self._proc = self._sock = None
         self.app = None
@@ -460,12 +465,12 @@ class StandinServer:
         if self.spawn:
             ctx = multiprocessing.get_context("spawn")
             self._proc = ctx.Process(target=_serve_child, daemon=True,
-                                     args=(self.scorer, self.model_name, self.faults, self._sock, self.max_num_seqs, self.max_body_bytes))
+                                     args=(self.scorer, self.model_name, self.faults, self._sock, self.max_num_seqs, self.max_body_bytes, self.extensions))
             self._proc.start()
         else:
             scorer = get_scorer(self.scorer) if isinstance(self.scorer, str) else self.scorer
             self.app = make_standin_app(scorer, self.model_name, self.faults, max_num_seqs=self.max_num_seqs,
-                                        max_body_bytes=self.max_body_bytes)
+                                        max_body_bytes=self.max_body_bytes, extensions=self.extensions)
             self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", http="h11", lifespan="off"))
             self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                             daemon=True, name=f"standin-{self.model_name}")
