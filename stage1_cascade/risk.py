@@ -69,9 +69,9 @@ def _est_pvalue(e, n, alpha):
 def learn_order(p_learn, wrong_learn, grid, side:str, alpha:float,
                 scale:float=1.0 # test-fold images per learn image reaching the tier
                ) -> np.ndarray:
-    "The order to test `grid` in: by the p-value estimated on the learn split (counts scaled by `scale`), smallest first."
+    "The order to test `grid` in: by a pessimistic learn-split p-value (one error more than seen, counts scaled by `scale`), smallest first."
     ex = side_exits(np.asarray(p_learn)[None], side, np.asarray(grid)[:, None])
-    est = _est_pvalue((ex & np.asarray(wrong_learn, bool)[None]).sum(1) * scale, ex.sum(1) * scale, alpha)
+    est = _est_pvalue(((ex & np.asarray(wrong_learn, bool)[None]).sum(1) + 1) * scale, ex.sum(1) * scale, alpha)
     return np.argsort(est, kind="stable")
 
 def certify_side(p, wrong, grid, side:str, order, alpha:float, delta:float) -> dict:

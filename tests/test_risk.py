@@ -21,16 +21,29 @@ EASY = {"stage1": (8.0, 1.0), "fast": (8.0, 1.0), "power": (10.0, 1.0), "precisi
 ROUTE = ("stage1", "power", "precision")
 
 
+def _share(P, y, share):
+    "The draws subsampled, in order, so that `share` of them are roadwork."
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if share >= 0.5: neg = neg[:int(len(pos) * (1 - share) / share)]
+    else: pos = pos[:int(len(neg) * share / (1 - share))]
+    ix = np.sort(np.r_[pos, neg])
+    return {t: v[ix] for t, v in P.items()}, y[ix]
+
+# a calibration set unlike the test images, and a draw of images like it (seed): the tiers far more accurate, or roadwork rare
+SHIFTS = {"easier tiers": lambda seed: simulated_tier_probs(2000, seed, params=EASY),
+          "rare roadwork": lambda seed: _share(*simulated_tier_probs(5000, seed), 0.1)}
+
+
 @pytest.fixture(scope="module")
 def shifted():
-    "A routing certified at alpha = 0.05 on the easy source; test images from the usual one, and more from the easy one."
-    cfg = risk_thresholds(*simulated_tier_probs(2000, 11, params=EASY), 0.05, 0.1, tiers=ROUTE)
-    return cfg, simulated_tier_probs(3000, 12), simulated_tier_probs(3000, 13, params=EASY)
+    "A routing certified at alpha = 0.05 on the easier source, and test images from the usual one."
+    return risk_thresholds(*SHIFTS["easier tiers"](11), 0.05, 0.1, tiers=ROUTE), simulated_tier_probs(3000, 12)
 
 
-def test_a_shifted_calibration_set_shows_as_a_violation(shifted):
-    cfg, (P, y), (Pe, ye) = shifted
-    rep = check_routing(cfg, P, y)
+@pytest.mark.parametrize("shift", SHIFTS)
+def test_a_shifted_calibration_set_shows_as_a_violation(shift):
+    cfg = risk_thresholds(*SHIFTS[shift](11), 0.05, 0.1, tiers=ROUTE)
+    rep = check_routing(cfg, *simulated_tier_probs(3000, 12))
     assert rep["violations"], rep["tiers"]
     for t in rep["violations"]:
         d = rep["tiers"][t]
@@ -38,7 +51,7 @@ def test_a_shifted_calibration_set_shows_as_a_violation(shifted):
     lines = report_lines(rep)
     assert lines[0].startswith("guarantee alpha=0.05: VIOLATED at "), lines
     assert any(l.split()[:1] == [rep["violations"][0]] and l.endswith("VIOLATED") for l in lines), lines
-    same = check_routing(cfg, Pe, ye)                          # images exchangeable with the calibration set
+    same = check_routing(cfg, *SHIFTS[shift](13))               # images exchangeable with the calibration set
     assert same["violations"] == [] and all(d.get("status") in (None, "holds", "no exits") for d in same["tiers"].values()), same
 
 
@@ -57,7 +70,7 @@ def _rows(cfg, P, y):
 
 
 def test_eval_metrics_name_the_violation(shifted):
-    cfg, (P, y), _ = shifted
+    cfg, (P, y) = shifted
     P, y = {t: v[:800] for t, v in P.items()}, y[:800]
     rows = _rows(cfg, P, y)
     m, _ = _metrics_and_rounds(rows, list(cfg.tiers))
@@ -98,8 +111,6 @@ def test_calibrate_risk_writes_the_guarantee_and_eval_checks_it(tmp_path):
     said = " ".join(r.stdout.split())
     assert "guarantee: at " in said and "at most alpha=0.2, with probability >= 0.9" in said and g["calibration_set_sha256"][:12] in said, r.stdout
     assert max(map(len, r.stdout.splitlines())) <= 80, r.stdout
-    bad = cli("calibrate", "--risk", "1.5", "--data", "synthetic:160:7002", "--out", tmp_path/"bad.yaml")
-    assert bad.returncode == 1 and "alpha=1.5" in bad.stderr and not (tmp_path/"bad.yaml").exists()
 
     e = cli("eval", "--data", "synthetic:40:7001", "--config", out, "--out", tmp_path/"run", "--no-frontier", "--no-progress")
     assert e.returncode == 0, e.stderr[-2000:]
