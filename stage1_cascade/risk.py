@@ -17,7 +17,7 @@ from scipy.stats import binom
 
 from .core import TIERS, VLM_TIERS, S1CError, get_logger
 from .scoring import _labels, _mcc_counts
-from .cascade import CascadeConfig, CalibrationError, _prob_matrix, calibrate_thresholds, simulate, simulated_tier_probs
+from .cascade import CascadeConfig, CalibrationError, _prob_matrix, calibrate_thresholds, simulate
 
 # %% auto #0
 __all__ = ['HI_MIN', 'SIDES', 'RiskError', 'binom_pvalue', 'fixed_sequence', 'side_exits', 'side_grid', 'learn_order',
