@@ -23,13 +23,14 @@ from .datasets import load_samples
 from .scoring import (accuracy, ece, ema_score, mcc, natix_reward, natix_round_rewards, reliability_curve,
                                     round_predictions)
 from .cascade import Cascade, CascadeConfig, calibrate_thresholds, search_thresholds
+from .risk import calibration_set_hash, check_settings, exit_report, risk_thresholds, rows_outcomes
 from .plan.cost import GPUCostAssumptions, count_stage1, gpu_cost_estimate, gpu_cost_table
 
 # %% auto #0
 __all__ = ['DEMO_SEED', 'BenchError', 'default_config_path', 'CascadeStack', 'open_stack', 'score_table', 'load_eval_samples',
            'valid_images', 'calibrate_cascade', 'synthetic_seed', 'checkpoint_seeds', 'synthetic_seed_check',
-           'read_predictions', 'metrics_from_predictions', 'evaluate', 'bench_throughput', 'label_check', 'run_eval',
-           'demo', 'summary_rows', 'build_checkpoints']
+           'read_predictions', 'guarantee_check', 'metrics_from_predictions', 'evaluate', 'bench_throughput',
+           'label_check', 'run_eval', 'demo', 'summary_rows', 'build_checkpoints']
 
 # %% ../nbs/06_bench.ipynb #7bbf022f
 class BenchError(S1CError):
@@ -145,13 +146,17 @@ def valid_images(samples: Sequence[Sample]) -> tuple[list, list, list]:
 
 def calibrate_cascade(
     data: str | Sequence[Sample],  # 'synthetic:N[:seed]', a folder, a parquet file, or samples
-    budget: float = 0.5,  # VLM calls per image, on average
+    budget: float | None = 0.5,  # VLM calls per image, on average (with `risk`, None: the most exits the guarantee allows)
     out: str | Path | None = None,  # where to write the YAML (default: nowhere)
     settings: Settings | None = None,
     stack: CascadeStack | None = None,  # reuse an open stack (default: open one with every tier)
     progress: bool = True,
+    risk: float | None = None,  # alpha: thresholds whose exits err at most alpha w.p. >= 1 - delta (notebook 05c_risk)
+    delta: float = 0.1,  # the guarantee's failure probability over the calibration draw
+    tiers: Sequence[str] | None = None,  # tiers to route through, in order (default: the best subset)
 ) -> CascadeConfig:
-    "Score every tier on the calibration images and search the thresholds that maximise the NATIX reward under `budget`."
+    "Score every tier on the calibration images; search the thresholds that maximise the NATIX reward under `budget`, or with `risk` hold its guarantee."
+    if risk is not None: check_settings(risk, delta, budget)   # before any image is scored
     samples = load_eval_samples(data) if isinstance(data, (str, Path)) else list(data)
     kept, imgs, bad = valid_images(samples)
     if len(kept) < 10: raise BenchError(f"calibration needs at least 10 valid images; got {len(kept)} ({len(bad)} refused)")
@@ -159,10 +164,13 @@ def calibrate_cascade(
     stack = stack or open_stack(CascadeConfig(("stage1",)), settings, tiers=VLM_TIERS)
     try:
         P, M = score_table(stack, imgs, progress=progress, desc="calibration")
-        cfg = calibrate_thresholds(P, [s.label for s in kept], budget,
-                                   meta={"calibrated_on": str(data) if isinstance(data, (str, Path)) else f"{len(samples)} samples",
-                                                        "standin_tiers": stack.standin,
-                                                        "tier_ms_p50": {t: float(np.nanmedian(v)) for t, v in M.items()}})
+        labels = [s.label for s in kept]
+        meta = {"calibrated_on": str(data) if isinstance(data, (str, Path)) else f"{len(samples)} samples",
+                "standin_tiers": stack.standin, "tier_ms_p50": {t: float(np.nanmedian(v)) for t, v in M.items()}}
+        if risk is not None:
+            cfg = risk_thresholds(P, labels, risk, delta, budget, tiers, calibration_hash=calibration_set_hash(imgs, labels), meta=meta)
+        elif budget is None: raise BenchError("calibration without a risk level needs a budget (VLM calls per image)")
+        else: cfg = calibrate_thresholds(P, labels, budget, tiers=tiers, meta=meta)
     finally:
         if own: stack.close()
     if out is not None: cfg.save(out)
@@ -290,12 +298,18 @@ def _metrics_and_rounds(rows: list[dict], tiers: Sequence[str] | None = None, pa
                             "p99": _pct([r["latency_ms"] - sum(r["model_ms"].values()) for r in done], 99)},
         n_tier_errors=sum(bool(r["errors"]) for r in done),
         n_answered_by_earlier_tier_after_error=sum(bool(r["errors"]) and r["tier"] != r.get("last_tier_tried") for r in done),
-        n_deadline_hit=sum(r["deadline_hit"] for r in done))
+        n_deadline_hit=sum(r["deadline_hit"] for r in done),
+        exit_error=exit_report(y, rows_outcomes(done, tiers), tiers))   # realised error among each tier's exits (notebook 05c_risk)
     if "top_tier_only" in m: m["top_tier_only"]["tier"] = next(r["top_tier"] for r in done if r.get("top_tier"))
     m.update(n_images=len(rows), n_decided=len(done), n_skipped=len(skipped), skipped=skipped)
     for k in ("mcc", "accuracy", "natix_reward", "ece"): m[k] = m["cascade"].get(k)
     m["ema_score"] = m["cascade"]["per_round"]["ema_score"]
     return m, rounds
+
+def guarantee_check(rows: list[dict], cfg: CascadeConfig) -> dict:
+    "The routing's risk guarantee (`cfg.guarantee`) beside its realised exit error per tier on these rows, violations named."
+    done = [r for r in rows if "error" not in r]
+    return {**cfg.guarantee, "check": exit_report([r["label"] for r in done], rows_outcomes(done, cfg.tiers), cfg.tiers, cfg.guarantee)}
 
 def metrics_from_predictions(path: str | Path, tiers: Sequence[str] | None = None) -> dict:
     "All of metrics.json's figures that come from the images, recomputed from a `predictions.jsonl`."
@@ -409,6 +423,7 @@ def evaluate(
     wall = time.perf_counter() - t_start
     rows = read_predictions(pred_path)
     m, rounds = _metrics_and_rounds(rows, tiers=list(cascade.config.tiers), path=str(pred_path))
+    if cascade.config.guarantee: m["guarantee"] = guarantee_check(rows, cascade.config)
     atomic_write_json(out/"rounds.json", rounds)
     fr = None
     if frontier:

@@ -77,17 +77,31 @@ def _check_unit(name, v):
         raise CascadeError(f"{name}={v!r}: must be a number in [0, 1]")
     return float(v)
 
+def _check_guarantee(g, tiers) -> dict:
+    "A risk guarantee's record (notebook 05c_risk): alpha and delta in (0, 1); its tiers exit before the last."
+    if not g: return {}
+    if not isinstance(g, Mapping): raise CascadeError(f"guarantee must be a mapping, got {type(g).__name__}")
+    g = dict(g)
+    for k in ("alpha", "delta"):
+        v = g.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise CascadeError(f"guarantee.{k}={v!r}: must be a number in (0, 1)")
+    bad = [t for t in g.get("tiers") or [] if t not in tiers[:-1]]
+    if bad: raise CascadeError(f"guarantee.tiers {bad}: a guarantee covers tiers that exit before the last, {list(tiers[:-1])}")
+    return g
+
 @dataclass
 class CascadeConfig:
     "Routing of the cascade: tier order, exit thresholds per tier, deadline, timeouts, fallback."
     tiers: tuple = ("stage1",)  # tier names in cascade order (a subsequence of TIERS)
-    thresholds: dict = field(default_factory=dict)  # {tier: (lo, hi)}: exit when p <= lo or p >= hi
+    thresholds: dict = field(default_factory=dict)  # {tier: (lo, hi)}: exit when p <= lo or p >= hi (a None side never exits)
     deadline_s: float = 9.0  # the validator's limit per image
     margin_s: float = 1.0  # answer this long before the deadline
     timeouts: dict = field(default_factory=dict)  # {tier: seconds} cap per call (else: time left)
     expected_s: dict = field(default_factory=dict)  # {tier: seconds} skip a tier when less time is left
     fallback_p: float = 0.5  # answer when no tier answered (recorded as tier 'fallback')
     on_error: str = "answer"  # a failing tier: 'answer' with the best so far, or 'skip' to the next tier
+    guarantee: dict = field(default_factory=dict)  # risk guarantee the thresholds hold (05c_risk); checked by eval, not routing
     meta: dict = field(default_factory=dict)  # provenance (calibration figures); saved, not used in routing
     frontier: list|None = field(default=None, repr=False, compare=False)  # calibration frontier; not saved
 
@@ -105,8 +119,8 @@ class CascadeConfig:
             if t not in self.tiers: raise CascadeError(f"thresholds given for tier {t!r}, which is not in tiers {self.tiers}")
             if not isinstance(v, (list, tuple)) or len(v) != 2:
                 raise CascadeError(f"thresholds[{t!r}]={v!r}: must be a pair (lo, hi)")
-            lo, hi = _check_unit(f"thresholds[{t!r}].lo", v[0]), _check_unit(f"thresholds[{t!r}].hi", v[1])
-            if lo > hi: raise CascadeError(f"thresholds[{t!r}]=({lo}, {hi}): need 0 <= lo <= hi <= 1")
+            lo, hi = (None if x is None else _check_unit(f"thresholds[{t!r}].{s}", x) for s, x in zip(("lo", "hi"), v))
+            if lo is not None and hi is not None and lo > hi: raise CascadeError(f"thresholds[{t!r}]=({lo}, {hi}): need 0 <= lo <= hi <= 1")
             th[t] = (lo, hi)
         for t in self.tiers[:-1]:
             if t not in th: raise CascadeError(f"no thresholds for tier {t!r}: every tier but the last needs (lo, hi)")
@@ -127,13 +141,14 @@ class CascadeConfig:
         if self.on_error not in ("answer", "skip"):
             raise CascadeError(f"on_error={self.on_error!r}; allowed: 'answer', 'skip'")
         self.deadline_s, self.margin_s = float(self.deadline_s), float(self.margin_s)
+        self.guarantee = _check_guarantee(self.guarantee, self.tiers)
 
     def to_dict(self) -> dict:
         "Plain values (lists, floats) ready for YAML or JSON."
         d = asdict(self)
         d.pop("frontier")
         d["tiers"] = list(self.tiers)
-        d["thresholds"] = {t: [float(lo), float(hi)] for t, (lo, hi) in self.thresholds.items()}
+        d["thresholds"] = {t: [None if x is None else float(x) for x in v] for t, v in self.thresholds.items()}
         return d
 
     @classmethod
@@ -246,7 +261,7 @@ class Cascade:
             probs[name], best, best_tier = v, v, name
             if i == n - 1: break
             lo, hi = cfg.thresholds[name]
-            if v <= lo or v >= hi: break
+            if (lo is not None and v <= lo) or (hi is not None and v >= hi): break
         p = cfg.fallback_p if best is None else best
         return Decision(p=float(p), tier=best_tier, probs=probs, latency_ms=(time.perf_counter() - t0) * 1e3,
                         model_ms=model_ms, errors=errors, deadline_hit=hit)
@@ -340,6 +355,7 @@ def simulate(
         has = has | ok
         if k == T - 1: break
         lo, hi = config.thresholds[t]
+        lo, hi = -np.inf if lo is None else lo, np.inf if hi is None else hi   # a closed side never exits
         active = active & ~(ok & ((Pc[:, k] <= lo) | (Pc[:, k] >= hi)))
     labels = None if labels is None else _labels(labels)
     if labels is not None and len(labels) != n: raise CascadeError(f"{len(labels)} labels but {n} images of tier probabilities")

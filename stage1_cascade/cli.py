@@ -173,12 +173,21 @@ def routing_lines(cfg) -> list[str]:
     lines = [f"routing: {' -> '.join(cfg.tiers)}"]
     for t, nxt in zip(cfg.tiers, cfg.tiers[1:] + (None,)):
         if nxt is None: lines.append(f"  {t:<10} answers every image that reaches it"); continue
-        lo, hi = cfg.thresholds[t]
-        lines.append(f"  {t:<10} answers when P(roadwork) <= {lo:.3f} or >= {hi:.3f}, else asks {nxt}")
+        lo, hi = cfg.thresholds[t]   # a None side never exits (a risk-controlled routing closes what it could not certify)
+        rule = " or ".join(([f"P(roadwork) <= {lo:.3f}"] if lo is not None else [])
+                           + ([f"{'' if lo is not None else 'P(roadwork) '}>= {hi:.3f}"] if hi is not None else []))
+        lines.append(f"  {t:<10} " + (f"answers when {rule}, else asks {nxt}" if rule else f"never answers, asks {nxt}"))
     c = cfg.meta.get("calibration")
     if c:
         lines.append(fit_parts([f"on {c['n_images']} calibration images (in-sample): reward {c['reward']:.3f}", f"MCC {c['mcc']:.3f}",
-                                f"accuracy {c['accuracy']:.3f}", f"VLM calls/image {c['vlm_calls_per_image']:.2f} (budget {c['budget']:g})"], ", "))
+                                f"accuracy {c['accuracy']:.3f}", f"VLM calls/image {c['vlm_calls_per_image']:.2f} "
+                                + ("(no budget)" if c.get("budget") is None else f"(budget {c['budget']:g})")], ", "))
+    g = cfg.guarantee
+    if g:
+        lines.append(_fill(f"guarantee: at {' and '.join(g.get('tiers') or cfg.tiers[:-1])}, the error among the images that tier "
+                           f"answers is at most alpha={g['alpha']:g}, with probability >= {1 - g['delta']:g} over the calibration draw (Learn then Test; "
+                           f"{g.get('n_calibration', '?')} calibration images, sha256 {str(g.get('calibration_set_sha256'))[:12]})"))
+    if cfg.meta.get("risk"): lines.append(_fill(cfg.meta["risk"]["summary"]))
     return lines
 
 # %% ../nbs/99_cli.ipynb #d815c901
@@ -202,6 +211,9 @@ def _print_run(out, m: dict, wall_s: float):
     _say(fit_parts([f"decided {m['n_decided']} images ({m['n_skipped']} skipped)", f"tier errors: {c['n_tier_errors']}"]))
     ex = [f"{k} {v:.0%}" for k, v in c["exit_rate"].items() if v] or ["none"]
     _say(fit_parts([f"exits: {ex[0]}", *ex[1:]], ", "))
+    from stage1_cascade.risk import report_lines
+    rep = (m.get("guarantee") or {}).get("check") or c.get("exit_error")   # realised error among each tier's exits
+    for line in report_lines(rep) if rep else []: _say(line, "red" if "VIOLATED" in line else None)
     ro = c.get("router_overhead_ms", {})
     if ro.get("p50") is not None:
         _say(fit_parts([f"router overhead per image (outside the models): p50 {ro['p50']:.2f} ms", f"p99 {ro['p99']:.2f} ms"], ", "))
@@ -275,11 +287,18 @@ def predict(images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="I
 
 @app.command()
 def calibrate(data: str = typer.Option("synthetic:400:7002", "--data", help="Calibration images (not the evaluation set)."),
-              budget: float = typer.Option(0.5, "--budget", min=0.0, help="VLM calls per image, on average."),
+              budget: Optional[float] = typer.Option(None, "--budget", min=0.0, metavar="B",
+                                                     help="VLM calls per image, on average (default 0.5; with --risk: none, the most exits the guarantee allows)."),
+              risk: Optional[float] = typer.Option(None, "--risk", metavar="ALPHA",
+                                                   help="Guarantee that each tier's exits err at most ALPHA (Learn then Test), with probability >= 1 - DELTA."),
+              delta: float = typer.Option(0.1, "--delta", metavar="DELTA", help="With --risk: the chance the guarantee fails over the calibration draw."),
+              tiers: Optional[str] = typer.Option(None, "--tiers", help="Tiers in order, comma-separated, e.g. stage1,power,precision (default: the best subset; with --risk and no budget: all)."),
               out: Path = typer.Option(..., "--out", help="Where to write the routing YAML.")):
-    "Search the routing thresholds that maximise the NATIX reward under a VLM-call budget; write the YAML."
+    "Search the routing thresholds (the best NATIX reward under a VLM-call budget, or with --risk exits whose error is guaranteed); write the YAML."
     from stage1_cascade.bench import calibrate_cascade
-    cfg = calibrate_cascade(data, budget, out)
+    if risk is None and budget is None: budget = 0.5
+    tiers_ = None if tiers is None else tuple(t.strip() for t in tiers.split(",") if t.strip())
+    cfg = calibrate_cascade(data, budget, out, risk=risk, delta=delta, tiers=tiers_)
     for line in routing_lines(cfg): _say(line)
     _say(f"wrote {out}")
 
