@@ -22,8 +22,8 @@ EXE = Path(sys.executable).with_name("stage1-cascade")  # the installed script, 
 @pytest.fixture(scope="module")
 def natix_parquet(tmp_path_factory):
     d = tmp_path_factory.mktemp("natix")
-    ss = synthetic_samples(72, seed=501)
-    path = write_natix_parquet(ss, d/"train-00000-of-00001.parquet", dataset=["city"] * 36 + ["highway"] * 36)
+    ss = synthetic_samples(64, seed=501)
+    path = write_natix_parquet(ss, d/"train-00000-of-00001.parquet", dataset=["city"] * 32 + ["highway"] * 32)
     import pyarrow as pa, pyarrow.parquet as pq
     t = pq.read_table(path).to_pydict()
     t["scene_description"][0] = "cones on the left"  # label 0 with a description: the validator skips it
@@ -39,10 +39,10 @@ def test_train_on_natix_parquet_loads_as_a_pipeline_and_a_stage1(natix_parquet, 
                         "--epochs", "2", "--batch", "16", "--out", str(out)],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "skipped 1 of 72 rows" in r.stdout + r.stderr
+    assert "skipped 1 of 64 rows" in r.stdout + r.stderr
     man = json.loads((out/"manifest.json").read_text())
-    assert man["n_images"] == 71 and man["backbone"]["model_type"] == "vit" and man["backbone"]["twin"]
-    assert sum(man["splits"][k]["n"] for k in ("train", "val_select", "val_calib", "test")) == 71
+    assert man["n_images"] == 63 and man["backbone"]["model_type"] == "vit" and man["backbone"]["twin"]
+    assert sum(man["splits"][k]["n"] for k in ("train", "val_select", "val_calib", "test")) == 63
     assert set(man["splits"]["test"]["sources"]) == {"hf:train-00000-of-00001:city", "hf:train-00000-of-00001:highway"}
     test = man["report"]["test"]
     assert test["n"] == man["splits"]["test"]["n"] and {"always_positive", "always_negative"} == set(test["baselines"])
