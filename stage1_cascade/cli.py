@@ -298,7 +298,7 @@ def train_target(out: Path | None = None,  # --out: a folder for the checkpoints
 
 @app.command()
 def train(data: Optional[str] = typer.Option(None, "--data", help="Fine-tune a Stage-1 classifier on these labelled images: a folder, a labels CSV, NATIX parquet (file or folder) or hf:DATASET_ID[:SPLIT]. Without --data: rebuild the shipped checkpoints from the scene generator."),
-          backbone: str = typer.Option("twin:vit", "--backbone", help="With --data: a Hugging Face id (google/vit-base-patch16-224-in21k, facebook/dinov2-base, ...), a model folder, or twin:vit|dinov2|siglip|convnext (tiny random twin, for a CPU)."),
+          backbone: Optional[str] = typer.Option(None, "--backbone", help="With --data (required there): a Hugging Face id (google/vit-base-patch16-224-in21k, facebook/dinov2-base, ...), a model folder, or twin:vit|dinov2|siglip|convnext (a tiny random-weight twin: tests the path on a CPU, learns nothing useful)."),
           method: str = typer.Option("lora", "--method", help="With --data: lora (peft adapters) or full."),
           epochs: int = typer.Option(3, "--epochs", min=1, help="With --data: most epochs (early stopping on val_select MCC)."),
           batch: int = typer.Option(32, "--batch", min=1, help="With --data: images per step."),
@@ -365,9 +365,12 @@ def quantize(model: Optional[Path] = typer.Option(None, "--model", help="A Huggi
     console.print_json(json.dumps({k: r[k] for k in r if k not in ("stdout", "stderr")}, default=str)[:3000])
 
 # %% ../nbs/99_cli.ipynb #5a91991d
-def _train_on_data(data: str, backbone: str, method: str, epochs: int, batch: int, resume: bool, out: Path | None, force: bool, seed: int):
+def _train_on_data(data: str, backbone: str | None, method: str, epochs: int, batch: int, resume: bool, out: Path | None, force: bool, seed: int):
     "`train --data`: fine-tune a Stage-1 classifier into --out (a new run folder by default) and print its held-out report."
     from stage1_cascade.finetune import train_stage1
+    if not backbone: raise typer.BadParameter("--data needs --backbone: a Hugging Face id such as google/vit-base-patch16-224-in21k "
+                                              "(on a GPU host), a model folder, or twin:vit to test the path on a CPU", param_hint="--backbone")
+    if method not in ("lora", "full"): raise typer.BadParameter(f"{method!r}: give lora or full", param_hint="--method")
     cfg = {"data": data, "backbone": backbone, "method": method, "epochs": epochs, "batch": batch, "seed": seed}
     if out is None: out = new_run_dir("train", cfg)
     elif not (resume and (Path(out)/"checkpoints"/"last.pt").is_file()): out = train_target(out, force, cfg)

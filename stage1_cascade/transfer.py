@@ -2,7 +2,7 @@
 of training and measured beside the in-family figure, each with its bootstrap interval; the
 gap is what Stage 1 has learned about the generator rather than about roadwork. Training
 options that should narrow it (the validator's augmentation levels, colour randomisation,
-and soft labels for distillation, notebook `05c_distill`) are measured, not assumed.
+and soft labels for distillation, notebook `05d_distill`) are measured, not assumed.
 
 Docs: https://example.invalid/stage1_cascade/transfer.html.md"""
 
