@@ -317,11 +317,18 @@ def train_target(out: Path | None = None,  # --out: a folder for the checkpoints
     return out
 
 @app.command()
-def train(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the checkpoints (default: a new run folder under runs/)."),
+def train(data: Optional[str] = typer.Option(None, "--data", help="Fine-tune a Stage-1 classifier on these labelled images: a folder, a labels CSV, NATIX parquet (file or folder) or hf:DATASET_ID[:SPLIT]. Without --data: rebuild the shipped checkpoints from the scene generator."),
+          backbone: Optional[str] = typer.Option(None, "--backbone", help="With --data (required there): a Hugging Face id (google/vit-base-patch16-224-in21k, facebook/dinov2-base, ...), a model folder, or twin:vit|dinov2|siglip|convnext (a tiny random-weight twin: tests the path on a CPU, learns nothing useful)."),
+          method: str = typer.Option("lora", "--method", help="With --data: lora (peft adapters) or full."),
+          epochs: int = typer.Option(3, "--epochs", min=1, help="With --data: most epochs (early stopping on val_select MCC)."),
+          batch: int = typer.Option(32, "--batch", min=1, help="With --data: images per step."),
+          resume: bool = typer.Option(False, "--resume", help="With --data: go on from the last epoch's checkpoint in --out."),
+          out: Optional[Path] = typer.Option(None, "--out", help="Folder for the checkpoints (default: a new run folder under runs/)."),
           force: bool = typer.Option(False, "--force", help="Without --out: overwrite the package's shipped assets. With --out: write into a non-empty folder."),
           seed: int = typer.Option(0, "--seed"),
           budget: float = typer.Option(0.5, "--budget", help="VLM-call budget of the shipped routing.")):
-    "Rebuild every shipped checkpoint from the scene generator and a seed (into a new run folder unless --force)."
+    "Fine-tune a Stage-1 classifier on --data, or (without --data) rebuild every shipped checkpoint from the scene generator."
+    if data is not None: return _train_on_data(data, backbone, method, epochs, batch, resume, out, force, seed)
     out = train_target(out, force, {"seed": seed, "budget": budget})
     shipped = out.resolve() == assets_dir()
     if shipped: console.print(f"[yellow]--force: overwriting the package's shipped assets in {out}[/yellow]")
@@ -380,6 +387,26 @@ def quantize(model: Optional[Path] = typer.Option(None, "--model", help="A Huggi
     src = save_twin(out.parent/f"{out.name}-source-twin") if twin else model
     r = _q(src, scheme, out, env=env)
     console.print_json(json.dumps({k: r[k] for k in r if k not in ("stdout", "stderr")}, default=str)[:3000])
+
+# %% ../nbs/99_cli.ipynb #5a91991d
+def _train_on_data(data: str, backbone: str | None, method: str, epochs: int, batch: int, resume: bool, out: Path | None, force: bool, seed: int):
+    "`train --data`: fine-tune a Stage-1 classifier into --out (a new run folder by default) and print its held-out report."
+    from stage1_cascade.finetune import train_stage1, twin_config
+    if not backbone: raise typer.BadParameter("--data needs --backbone: a Hugging Face id such as google/vit-base-patch16-224-in21k "
+                                              "(on a GPU host), a model folder, or twin:vit to test the path on a CPU", param_hint="--backbone")
+    if method not in ("lora", "full"): raise typer.BadParameter(f"{method!r}: give lora or full", param_hint="--method")
+    if backbone.startswith("twin:"): twin_config(backbone[5:])   # an unknown twin is refused before --out is made
+    cfg = {"data": data, "backbone": backbone, "method": method, "epochs": epochs, "batch": batch, "seed": seed}
+    if out is None: out = new_run_dir("train", cfg)
+    elif not (resume and (Path(out)/"checkpoints"/"last.pt").is_file()): out = train_target(out, force, cfg)
+    _say(_fill(f"fine-tuning {backbone} ({method}) on {data} into {out}"))
+    import time; t0 = time.perf_counter()
+    man = train_stage1(data, backbone, out, method=method, epochs=epochs, batch=batch, seed=seed, log=lambda s: _say(_fill(s)))
+    b = man["frozen_baseline"]["report"]["test"]["mcc"] if man["frozen_baseline"] else None
+    if b: _say(f"frozen-encoder baseline, test: MCC {b['value']:.3f} [{b['ci'][0]:.3f}, {b['ci'][1]:.3f}]")
+    for line in (f"pipeline: {out/'model'}", f"Stage 1: {out/'stage1.json'}", f"manifest: {out/'manifest.json'}"): _say(line)
+    _say(fit_parts([f"done in {time.perf_counter() - t0:.0f} s", f"{man['training']['epochs_run']} epochs",
+                    f"best epoch {man['training']['best_epoch']}"], ", "), "bold")
 
 # %% ../nbs/99_cli.ipynb #a3cb13d4
 fleet_app = _Typer(name="fleet", no_args_is_help=True, add_completion=False, cls=_Group,

@@ -28,7 +28,8 @@ __all__ = ['CLASSIFIER_FORMAT', 'YOLO_LAYOUT', 'STAGE1_FORMAT', 'DetectError', '
            'noisy_or', 'as_rgb', 'Detector', 'checkpoint_sha256', 'verify_checkpoint', 'SmallCNN', 'images_to_tensor',
            'Classifier', 'save_classifier', 'load_classifier', 'train_classifier', 'ClassifierDetector',
            'ultralytics_yolo', 'write_yolo_yaml', 'export_yolo_dataset', 'train_yolo', 'YoloDetector',
-           'tiny_rtdetr_config', 'build_hf_detector', 'HFDetector', 'LogitStacker', 'Stage1', 'default_stage1']
+           'tiny_rtdetr_config', 'build_hf_detector', 'HFDetector', 'HFClassifierDetector', 'LogitStacker', 'Stage1',
+           'default_stage1']
 
 # %% ../nbs/03_detect.ipynb #8530628b
 class DetectError(S1CError):
@@ -398,6 +399,40 @@ class HFDetector(Detector):
                  for s, l, b in zip(det["scores"], det["labels"], det["boxes"])]
         return noisy_or(scores, self.k), boxes
 
+# %% ../nbs/03_detect.ipynb #83914c8a
+def _positive_index(id2label:dict, where:str)->int:
+    "Index of the label named roadwork (any case, '-' or ' ' as '_') among a classifier's labels."
+    hits = [int(i) for i, v in id2label.items() if str(v).strip().lower().replace("-", "_").replace(" ", "_") in ("roadwork", "road_work")]
+    if len(hits) != 1: raise CheckpointError(f"{where}: labels {dict(id2label)} must name exactly one class 'Roadwork' (P is its score)")
+    return hits[0]
+
+class HFClassifierDetector(Detector):
+    "Stage-1 adapter for an HF transformers image-classification folder (the base miner's format): P = the 'Roadwork' score."
+    kind = "hf_classifier"
+    def __init__(self, path:str|Path, name:str|None=None,
+                 sha256:str|None=None, # the folder's digest (`checkpoint_sha256`), checked when given
+                 trust:bool=False, batch:int=32):
+        from transformers import AutoModelForImageClassification, AutoImageProcessor
+        path = Path(path)
+        if not (path/"config.json").is_file(): raise CheckpointError(f"HF classifier folder {str(path)!r} has no config.json; train one with `stage1-cascade train --data ... --backbone ...`")
+        if sha256: verify_checkpoint(path, sha256, trust)
+        _hf_quiet()
+        self.model = AutoModelForImageClassification.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
+        self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        self.positive = _positive_index(self.model.config.id2label, str(path))
+        self.source, self.name, self.batch = path, name or path.name, batch
+    @property
+    def n_params(self)->int: return sum(p.numel() for p in self.model.parameters())
+    def _infer(self, img): return float(self.predict_many([img])[0]), []
+    @torch.no_grad()
+    def predict_many(self, imgs:Sequence)->np.ndarray:
+        "P(roadwork) per image, in batches."
+        imgs, out = list(imgs), []
+        for i in range(0, len(imgs), self.batch):
+            x = self.processor(images=[as_rgb(im) for im in imgs[i:i + self.batch]], return_tensors="pt")
+            out.append(self.model(**x).logits.float().softmax(-1)[:, self.positive].numpy())
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
 # %% ../nbs/03_detect.ipynb #64d7b33d
 def _logit(p): p = np.clip(np.asarray(p, dtype=np.float64), 1e-4, 1 - 1e-4); return np.log(p / (1 - p))
 
@@ -420,7 +455,7 @@ class LogitStacker:
         return 1.0 / (1.0 + np.exp(-z))
 
 # %% ../nbs/03_detect.ipynb #768253dd
-_ADAPTERS = {"yolo": YoloDetector, "hf": HFDetector, "classifier": ClassifierDetector}
+_ADAPTERS = {"yolo": YoloDetector, "hf": HFDetector, "classifier": ClassifierDetector, "hf_classifier": HFClassifierDetector}
 STAGE1_FORMAT = "stage1_cascade.stage1/2"  # /2: each member carries its checkpoint's sha256
 
 class Stage1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -423,6 +423,7 @@ def make_scene(seed:int, # the scene is a function of the seed (and the two argu
     if roadwork and central:
         b = max(central, key=lambda b: b.area).xyxy; anchor_xy = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
     meta = dict(version=SCENE_VERSION, sky=sky, gain=round(float(gain), 3), size=(W, H), tries=attempt + 1,
+                horizon=round(st.yh / H, 3), road_half_width=round(st.hb / W, 3),  # the camera's draws: pitch and height
                 anchor=tuple(round(float(v), 1) for v in anchor_xy))
     return Scene(Image.fromarray(out), int(roadwork), boxes, seed, negs, meta)
 
@@ -430,15 +431,21 @@ def make_scene(seed:int, # the scene is a function of the seed (and the two argu
 def synthetic_samples(n:int, # how many samples; labels alternate so they are balanced
                       seed:int=0, # the whole set is a function of n, seed, levels and size
                       levels:Sequence[int]=(0, 1, 2, 3), # augmentation levels, used in turn
-                      size:int=448 # scene width before augmentation
+                      size:int=448, # scene width before augmentation
+                      keep:Callable[[Scene], bool]|None=None, # a scene family: scenes it refuses are skipped (the next seed is drawn)
+                      max_draws:int|None=None # refuse a `keep` that accepts too few scenes (default 50 draws per sample)
                      )->list[Sample]:
     "`n` synthetic scenes, half with roadwork, each augmented to a 224x224 JPEG; boxes kept at level 0."
-    ss = np.random.SeedSequence([seed, 0x5eed])
-    seeds = [int(s.generate_state(1)[0]) for s in ss.spawn(n)]
-    out = []
-    for i, s in enumerate(seeds):
-        label = i % 2; level = int(levels[(i // 2) % len(levels)])
+    ss = np.random.SeedSequence([seed, 0x5eed])  # children drawn one at a time: without `keep`, the seeds of `ss.spawn(n)`
+    out, draws, limit = [], 0, max_draws or 50 * max(n, 1)
+    while len(out) < n:
+        s = int(ss.spawn(1)[0].generate_state(1)[0]); draws += 1
+        i = len(out); label = i % 2; level = int(levels[(i // 2) % len(levels)])
         sc = make_scene(s, roadwork=bool(label), size=size)
+        if keep is not None and not keep(sc):
+            if draws >= limit: raise ValueError(f"keep accepted {len(out)} of {draws} scenes, fewer than the {n} asked for; "
+                                                "widen the family or raise max_draws")
+            continue
         jpeg = challenge_jpeg(sc.image, level, s, point=sc.meta["anchor"])  # the anchor as point of interest
         boxes = _scale_boxes(sc.boxes, augment_params(sc.image.size, 0, s)["crop"], AUG_SIZE) if level == 0 else []
         out.append(Sample(f"syn{seed}-{i:06d}", jpeg, label, level, f"synthetic:{s}", boxes))
