@@ -146,3 +146,10 @@ def test_a_real_prometheus_scrapes_the_miner_the_standins_and_the_fleet(tmp_path
             finally:
                 miner.stop()
     assert proc.poll() is not None   # the server is stopped when the block ends
+
+
+def test_readme_names_the_files_monitor_writes():
+    from stage1_cascade.serve.monitor import MONITOR_FILES
+    para = next(p for p in (ROOT/"README.md").read_text().split("\n\n") if p.startswith("Monitoring:"))
+    assert [f for f in MONITOR_FILES.values() if f"`{f}`" not in para] == []
+    assert f"`{UNIT_TESTS.relative_to(ROOT)}`" in para
