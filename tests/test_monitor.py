@@ -87,6 +87,16 @@ def test_the_server_stops_and_its_storage_goes_when_the_block_fails(tmp_path, pr
     assert proc.poll() is not None and not storage.exists()
 
 
+def test_a_port_taken_before_prometheus_binds_it_is_replaced(tmp_path, prom_tools):
+    files = write_monitoring(tmp_path, scrape_targets("http://127.0.0.1:9"), scrape_interval="1s")
+    server = PrometheusServer(files["config"])
+    taken = server.port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", taken)); s.listen()
+        with server as prom:
+            assert prom.port != taken and prom.query("vector(1)")[0]["value"][1] == "1"
+
+
 class _ControlAPI:
     "The fleet's real control API (`serve.fleet.control_app`) on loopback, over a stub supervisor that only reports rows."
     def __init__(self, rows):
