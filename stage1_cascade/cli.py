@@ -24,7 +24,7 @@ from .core import S1CError, assets_dir, get_settings, get_logger, new_run_dir, r
 __all__ = ['app', 'console', 'err_console', 'WIDTH', 'EVAL_OUTPUTS', 'fleet_app', 'GATE_EXIT', 'main', 'collect_info', 'info',
            'fit_parts', 'OutputNotEmpty', 'eval_target', 'routing_lines', 'demo', 'eval_', 'predict', 'calibrate',
            'train_target', 'train', 'plan', 'compress_bench', 'quantize', 'fleet_table', 'fleet_up', 'fleet_status',
-           'fleet_down', 'fleet_smoke', 'validate_target', 'validate']
+           'fleet_down', 'fleet_smoke', 'validate_target', 'validate', 'monitor']
 
 # %% ../nbs/99_cli.ipynb #5d163d64
 class _NamedArgument(TyperArgument):
@@ -527,3 +527,29 @@ def validate(miner: Optional[str] = typer.Option(None, "--miner", help="local, l
     if min_score is not None and (low := below_min_score(res["miners"], min_score)):
         _say(fit_parts([f"below --min-score {min_score:g}: " + ", ".join(f"{k} ({v:.3f})" for k, v in low.items())]), "red")
         raise typer.Exit(GATE_EXIT)
+
+# %% ../nbs/99_cli.ipynb #6194140b
+@app.command()
+def monitor(out: Path = typer.Option(..., "--out", help="Folder for prometheus.yml, stage1_alerts.yml, stage1_dashboard.json."),
+            miner_url: Optional[str] = typer.Option(None, "--miner-url", help="The miner service, e.g. http://127.0.0.1:8080."),
+            registry: Optional[Path] = typer.Option(None, "--registry", help="A fleet's registry.json: each server is scraped."),
+            control_url: Optional[str] = typer.Option(None, "--control-url", help="The fleet's control API (default: the registry's)."),
+            scrape_interval: str = typer.Option("15s", "--scrape-interval", help="How often targets are read and rules evaluated."),
+            miner_key_file: Optional[Path] = typer.Option(None, "--miner-key-file", help="The miner's bearer key file (bound beyond loopback)."),
+            allow_remote: bool = typer.Option(False, "--allow-remote", help="Accept targets that are not on loopback."),
+            check: bool = typer.Option(True, "--check/--no-check", help="Check the files with promtool when it is installed.")):
+    "Write the Prometheus config, alert rules and Grafana dashboard for the miner and the fleet; promtool checks them."
+    import shutil
+    from stage1_cascade.serve import monitor as _m
+    targets = _m.scrape_targets(miner_url, control_url, registry, allow_remote=allow_remote)
+    files = _m.write_monitoring(out, targets, scrape_interval, str(miner_key_file) if miner_key_file else None)
+    jobs = [t.job for t in targets]
+    n_rules = len(_m.alert_rules()["groups"][0]["rules"])
+    n_panels = len(_m.dashboard_queries(_m.grafana_dashboard()))
+    typer.echo(f"wrote {out}:")
+    typer.echo(fit_parts([f"{files['config'].name} (" + ", ".join(f"{jobs.count(j)} {j}" for j in dict.fromkeys(jobs)) + ")",
+                          f"{files['rules'].name} ({n_rules} rules)", f"{files['dashboard'].name} ({n_panels} queries)"], sep="; ", indent="  "))
+    if check and shutil.which("promtool"):
+        _m.check_monitoring(files); typer.echo("promtool: the config and the rules are valid")
+    elif check: typer.echo("promtool is not installed: not checked (apt-get install -y prometheus)")
+    typer.echo(f"run: prometheus --config.file={files['config']}")
