@@ -135,7 +135,8 @@ def test_budget_bounds_backoff():
     with pytest.raises(VLMUnavailable):
         c.p_roadwork(IMG, timeout_s=0.3)
     elapsed = time.monotonic() - t0
-    assert elapsed < 0.3 + 0.2, elapsed          # budget plus one attempt's slack, not 40 backoffs
+    # 40 backoffs of at least 0.05 s would take 2 s or more; the budget stops them near 0.3 s (loose: a loaded machine)
+    assert elapsed < 1.5, elapsed
     assert 2 <= len(s.calls) < 41
 
 
