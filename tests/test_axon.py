@@ -217,3 +217,15 @@ def test_model_card_command_writes_the_card(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "is not an ss58 address" in " ".join(ANSI.sub("", bad.stderr).split())
     assert not (tmp_path/"x.json").exists()
+
+
+def test_the_readme_paragraph_matches_the_code():
+    "The README's axon paragraph names the pinned bittensor and the command's real options."
+    from stage1_cascade.cli import axon as axon_cmd
+    import inspect
+    from stage1_cascade.serve.axon import BITTENSOR_SPEC
+    readme = (Path(__file__).resolve().parents[1]/"README.md").read_text()
+    para = next(p for p in readme.split("\n\n") if p.startswith("The axon (`stage1-cascade axon`)"))
+    assert f"bittensor {BITTENSOR_SPEC.split('==')[1]}" in para
+    flags = {p.default.param_decls[0] for p in inspect.signature(axon_cmd).parameters.values()}
+    assert set(re.findall(r"`(--[a-z-]+)", para)) <= flags and {"--allowlist", "--key-file", "--fallback-p"} <= flags
