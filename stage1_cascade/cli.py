@@ -501,8 +501,8 @@ def axon(wallet_name: Optional[str] = typer.Option(None, "--wallet-name", help="
     from stage1_cascade.serve.axon import AxonConfig, axon_command, ensure_axon_env, launch_axon
     if setup:
         e = ensure_axon_env()
-        _say(f"axon environment {e.path} ({'created' if e.created else 'reused'} in {e.seconds:.0f} s): "
-             + ", ".join(f"{k} {v}" for k, v in e.versions.items()))
+        _say(_fill(f"axon environment {e.path} ({'created' if e.created else 'reused'} in {e.seconds:.0f} s): "
+                   + ", ".join(f"{k} {v}" for k, v in e.versions.items())))
         return
     if wallet_name is None or allowlist is None: raise typer.BadParameter("give --wallet-name NAME and --allowlist FILE (or --setup)")
     cfg = AxonConfig(str(wallet_path.expanduser()), wallet_name, str(allowlist), miner_url, hotkey, ip, port, external_ip,
@@ -512,10 +512,12 @@ def axon(wallet_name: Optional[str] = typer.Option(None, "--wallet-name", help="
         _say(" ".join(axon_command(cfg, work)))
         return
     with launch_axon(cfg, workdir=work) as ax:
-        _say(f"axon {ax.hotkey} on {ip}:{ax.port} (pid {ax.pid}), log {ax.log}; Ctrl-C stops it")
+        _say(_fill(f"axon {ax.hotkey} on {ip}:{ax.port} (pid {ax.pid}), log {ax.log}; Ctrl-C stops it"))
         try: ax.proc.wait()
         except KeyboardInterrupt: pass
-        if ax.proc.returncode not in (None, 0): raise typer.Exit(1)
+        if ax.proc.returncode not in (None, 0):
+            err_console.print(escape(redact(ax.log_text()[-2000:])), soft_wrap=True)
+            raise typer.Exit(1)
 
 @app.command("model-card")
 def model_card_cmd(hotkey: str = typer.Option(..., "--hotkey", help="The miner's hotkey (ss58 address): submitted_by."),

@@ -229,3 +229,50 @@ def test_the_readme_paragraph_matches_the_code():
     assert f"bittensor {BITTENSOR_SPEC.split('==')[1]}" in para
     flags = {p.default.param_decls[0] for p in inspect.signature(axon_cmd).parameters.values()}
     assert set(re.findall(r"`(--[a-z-]+)", para)) <= flags and {"--allowlist", "--key-file", "--fallback-p"} <= flags
+
+
+HANDLER_CHECK = r'''
+import json, logging, sys
+sys.path.insert(0, sys.argv[1])
+import axon_server as s
+cfg = json.loads(sys.argv[2]); out = {}
+def syn(hotkey, dendrite=True):
+    x = s.ImageSynapse(image="")
+    if not dendrite: x.dendrite = None
+    elif hotkey is not None: x.dendrite = s.bt.TerminalInfo(hotkey=hotkey)   # None: the default, no hotkey
+    return x
+h = s.Handlers(cfg)
+for name, hk in cfg["who"].items(): out[name] = [*h.refuse(syn(hk)), h.priority(syn(hk))]
+out["no dendrite"] = [*h.refuse(syn(None, dendrite=False)), h.priority(syn(None, dendrite=False))]
+out["no hotkey"] = [*h.refuse(syn(None)), h.priority(syn(None))]
+open(cfg["allowlist"], "w").write("{not json")          # a hand edit gone wrong: the last list is kept
+out["validator after a bad edit"] = [*h.refuse(syn(cfg["who"]["validator"])), h.priority(syn(cfg["who"]["validator"]))]
+open_door = s.Handlers({**cfg, "allowlist": cfg["good"], "force_validator_permit": False, "allow_non_registered": True})
+out["stranger, door open"] = [*open_door.refuse(syn(cfg["who"]["stranger"])), open_door.priority(syn(cfg["who"]["stranger"]))]
+try: s.AllowList(cfg["allowlist"]); out["bad at start"] = "accepted"
+except SystemExit as e: out["bad at start"] = str(e)
+print(json.dumps(out))
+'''
+
+
+def test_blacklist_and_priority_follow_the_subnets_miner(env, tmp_path):
+    """The handlers themselves, in the axon environment, on the cases a real Dendrite cannot send (no
+    dendrite at all, an empty hotkey): each is refused without raising; priority is the stake, 0 if unknown."""
+    hk = {"validator": "5GYmopmV7r16ueSPdvpXGzJAu5LSzZW3qAoqYPwbDmGSxvPw", "member": "5EqEdBt3DSNFHxjPe6kLjRSRbBUqbKf8RYVJHCEEc2ddXUnn",
+          "stranger": "5GCcKsQMsjszDXpo2BQDZ4dSkFxTC3xgW6avV4U5DaifSC7X", "empty": ""}   # hotkeys bittensor made here
+    rows = [{"hotkey": hk["validator"], "validator_permit": True, "stake": 50_000}, {"hotkey": hk["member"], "stake": 10}]
+    write_allowlist(tmp_path/"allow.json", rows); write_allowlist(tmp_path/"good.json", rows)
+    cfg = {"allowlist": str(tmp_path/"allow.json"), "good": str(tmp_path/"good.json"), "miner_url": "http://127.0.0.1:9",
+           "fallback_p": 0.0, "who": hk}
+    scripts = Path(__import__("stage1_cascade").__file__).parent/"scripts"
+    r = subprocess.run([str(env.python), "-c", HANDLER_CHECK, str(scripts), json.dumps(cfg)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["validator"] == [False, "hotkey recognized", 50000.0]
+    assert got["member"] == [True, f"no validator permit: {hk['member']}", 10.0]
+    assert got["stranger"] == [True, f"unregistered hotkey {hk['stranger']}", 0.0]
+    assert got["empty"] == got["no dendrite"] == got["no hotkey"] == [True, "no dendrite hotkey", 0.0]
+    assert got["validator after a bad edit"] == [False, "hotkey recognized", 50000.0]
+    assert got["stranger, door open"] == [False, "hotkey recognized", 0.0]
+    assert got["bad at start"].startswith(f"allow-list {tmp_path/'allow.json'} cannot be read: JSONDecodeError")
+    assert "cannot be read (JSONDecodeError" in ANSI.sub("", r.stderr) and "keeping the last list read (2 hotkeys)" in r.stderr

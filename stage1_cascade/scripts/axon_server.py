@@ -44,23 +44,28 @@ class ImageSynapse(bt.Synapse):
 
 
 class AllowList:
-    "Registered hotkeys, validator permits and stakes from a local JSON file (stands in for the metagraph)."
+    """Registered hotkeys, validator permits and stakes from a local JSON file (stands in for the metagraph).
+    Read again when the file changes; a file that cannot be read or parsed keeps the last list read (as a
+    failed metagraph sync keeps the last metagraph), logged as an ERROR; at start it stops the axon."""
 
     def __init__(self, path: str):
-        self.path, self._mtime, self.neurons = path, None, {}
+        self.path, self._sig, self.neurons = path, None, {}
         self._lock = threading.Lock()
-        self.refresh()
+        self.refresh(first=True)
 
-    def refresh(self):
-        try: mtime = os.stat(self.path).st_mtime_ns
-        except OSError as e:
-            log.error("allow-list %s unreadable (%s): every caller is refused until it is back", self.path, e)
-            self.neurons, self._mtime = {}, None
+    def refresh(self, first: bool = False):
+        try:
+            st = os.stat(self.path)
+            sig = (st.st_mtime_ns, st.st_ino, st.st_size)  # an atomic rewrite is a new inode, whatever the clock says
+            if sig == self._sig: return
+            with open(self.path) as f: data = json.load(f)
+            neurons = {n["hotkey"]: n for n in data["neurons"]}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            if first: sys.exit(f"allow-list {self.path} cannot be read: {type(e).__name__}: {e}")
+            log.error("allow-list %s cannot be read (%s: %s): keeping the last list read (%d hotkeys)",
+                      self.path, type(e).__name__, e, len(self.neurons))
             return
-        if mtime == self._mtime: return
-        with open(self.path) as f: data = json.load(f)
-        self.neurons = {n["hotkey"]: n for n in data.get("neurons", [])}
-        self._mtime = mtime
+        self.neurons, self._sig = neurons, sig
         log.info("allow-list %s: %d hotkeys (stands in for the metagraph)", self.path, len(self.neurons))
 
     def get(self, hotkey: str) -> dict | None:
