@@ -58,8 +58,10 @@ class MinerStandIn:
 
             def _send(self, code, obj):
                 out = json.dumps(obj).encode()  # NaN goes out as the bare token NaN, as Python's json writes it
-                self.send_response(code); self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out))); self.end_headers(); self.wfile.write(out)
+                try:
+                    self.send_response(code); self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out))); self.end_headers(); self.wfile.write(out)
+                except (BrokenPipeError, ConnectionResetError): pass   # the axon stopped waiting ('slow'): expected
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.server.daemon_threads = True
