@@ -489,7 +489,7 @@ def axon(wallet_name: Optional[str] = typer.Option(None, "--wallet-name", help="
          hotkey: str = typer.Option("default", "--hotkey", help="Hotkey name inside the wallet."),
          allowlist: Optional[Path] = typer.Option(None, "--allowlist", help="JSON file standing in for the metagraph: hotkey, validator_permit, stake."),
          miner_url: str = typer.Option("http://127.0.0.1:8000", "--miner-url", help="The miner service (POST /v1/predict)."),
-         key_file: Optional[Path] = typer.Option(None, "--key-file", help="File holding the miner service's API key."),
+         key_file: Optional[Path] = typer.Option(None, "--key-file", help="File whose first line is the miner service's key (else S1C_MINER_KEY)."),
          ip: str = typer.Option("127.0.0.1", "--ip", help="Address to bind (0.0.0.0 to face the network)."),
          port: int = typer.Option(8091, "--port", help="Port to listen on."),
          external_ip: Optional[str] = typer.Option(None, "--external-ip", help="Address announced to the chain (default: --ip)."),

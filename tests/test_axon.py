@@ -83,7 +83,7 @@ def loop(env, tmp_path_factory):
     w = make_test_wallets(d/"wallets", ["miner", "validator", "member", "stranger"], env)
     write_allowlist(d/"allow.json", [{"hotkey": w["validator"]["hotkey"], "validator_permit": True, "stake": 50_000},
                                      {"hotkey": w["member"]["hotkey"], "validator_permit": False, "stake": 10}])
-    (d/"key").write_text("s1c-test-key-123\n")
+    (d/"key").write_text("s1c-test-key-123\nthe first line is the key, as the miner service reads its key file\n")
     miner = MinerStandIn(key="s1c-test-key-123")
     cfg = AxonConfig(str(d/"wallets"), "miner", str(d/"allow.json"), miner_url=miner.url, miner_key_file=str(d/"key"),
                      deadline_s=9.0, margin_s=1.0, fallback_p=0.0)

@@ -9,10 +9,12 @@ that `stage1_cascade.core.run_script` runs, it keeps serving after it writes its
 
 PAYLOAD (JSON): `wallet_path`, `wallet_name`, `hotkey` (the miner's wallet), `ip` (address to bind),
 `port` (0: a free one), `external_ip`, `miner_url` (the miner service, `POST {miner_url}/v1/predict`),
-`miner_key_file` (file holding its API key, or null), `allowlist` (JSON file standing in for the
-metagraph, see below), `force_validator_permit` (default true), `allow_non_registered` (default false),
-`deadline_s` (the validator's timeout when the synapse does not carry one), `margin_s` (the axon waits for
-the miner service until this long before it, and tells the service so as `deadline_s`), `fallback_p` (the answer when the miner service gives none).
+`miner_key_file` (file whose first line is the service's API key; null: S1C_MINER_KEY from the
+environment, if set), `allowlist` (JSON file standing in for the metagraph, see below),
+`force_validator_permit` (default true), `allow_non_registered` (default false), `deadline_s` (the
+validator's timeout when the synapse carries none), `margin_s` (the axon waits for the miner service
+until this long before that timeout, and tells the service so as `deadline_s`), `fallback_p` (the
+answer when the miner service gives none).
 RESULT (JSON, written atomically once the axon listens): `port`, `hotkey`, `pid`. The process then
 serves until SIGTERM or SIGINT and exits 0.
 
@@ -75,8 +77,9 @@ class AllowList:
 
 
 def _read_key(path: str | None) -> str | None:
-    if not path: return None
-    with open(path) as f: return f.read().strip() or None
+    "The miner service's bearer key, as the service reads its own: the key file's first line, else S1C_MINER_KEY."
+    if not path: return os.environ.get("S1C_MINER_KEY") or None
+    with open(path) as f: return f.readline().strip() or None
 
 
 def _post_predict(url: str, key: str | None, image: str, deadline_s: float, timeout_s: float) -> dict:
