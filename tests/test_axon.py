@@ -278,3 +278,32 @@ def test_blacklist_and_priority_follow_the_subnets_miner(env, tmp_path):
     assert got["stranger, door open"] == [False, "hotkey recognized", 0.0]
     assert got["bad at start"].startswith(f"allow-list {tmp_path/'allow.json'} cannot be read: JSONDecodeError")
     assert "cannot be read (JSONDecodeError" in ANSI.sub("", r.stderr) and "keeping the last list read (2 hotkeys)" in r.stderr
+
+
+def test_the_real_miner_service_answers_through_the_axon(env, tmp_path):
+    """`stage1-cascade miner --stage1-only` as a real process behind the axon, its key in a file; skipped
+    until the miner service (the miner part of issue 10) is on the branch."""
+    pytest.importorskip("stage1_cascade.serve.miner", reason="the miner service is not on this branch yet")
+    import secrets, signal, time
+    (tmp_path/"key").write_text(secrets.token_urlsafe(32) + "\n")
+    log = tmp_path/"miner.log"
+    with open(log, "w") as lf:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("stage1-cascade")), "miner", "--port", "0", "--stage1-only",
+                                 "--key-file", str(tmp_path/"key")], stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url, t_end = None, time.monotonic() + 300
+        while url is None and proc.poll() is None and time.monotonic() < t_end:
+            m = re.search(r"listening on (http://\S+)", ANSI.sub("", log.read_text()))
+            url = m[1] if m else time.sleep(0.2)
+        assert url, f"the miner did not say where it listens:\n{log.read_text()[-2000:]}"
+        w = make_test_wallets(tmp_path/"wallets", ["miner", "validator"], env)
+        write_allowlist(tmp_path/"allow.json", [{"hotkey": w["validator"]["hotkey"], "validator_permit": True, "stake": 1}])
+        cfg = AxonConfig(str(tmp_path/"wallets"), "miner", str(tmp_path/"allow.json"), miner_url=url,
+                         miner_key_file=str(tmp_path/"key"))
+        with launch_axon(cfg, env, tmp_path/"run") as ax:
+            got = query_axon(ax, IMAGES, tmp_path/"wallets", "validator", env=env)
+        assert [a["status_code"] for a in got] == [200]*len(IMAGES), got
+        assert all(0 <= a["prediction"] <= 1 for a in got) and "FALLBACK" not in ax.log_text(), ax.log_text()[-2000:]
+    finally:
+        if proc.poll() is None: os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
