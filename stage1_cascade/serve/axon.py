@@ -83,6 +83,7 @@ def ensure_axon_env(path:str|Path|None=None,  # default: `default_axon_env_dir()
     except ScriptError as e: raise AxonError(f"the axon environment at {path} is broken ({e}); delete it and run again") from e
     return AxonEnv(path, py, created, time.perf_counter() - t0, versions)
 
+# %% ../../nbs/13b_axon.ipynb #3e1cb3a3
 def axon_env_missing(path:str|Path|None=None) -> str|None:
     "Why the axon environment at `path` cannot be used now, or None when it can."
     path = Path(path or default_axon_env_dir())
@@ -90,7 +91,7 @@ def axon_env_missing(path:str|Path|None=None) -> str|None:
     if not _env_ok(path): return f"the axon environment at {path} was made from another lock file or Python: run ensure_axon_env() to remake it"
     return None
 
-# %% ../../nbs/13b_axon.ipynb #9071be7c
+# %% ../../nbs/13b_axon.ipynb #c0ebabc4
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 def is_ss58(address:str) -> bool:
@@ -105,7 +106,7 @@ def is_ss58(address:str) -> bool:
     body, check = raw[:-2], raw[-2:]
     return hashlib.blake2b(b"SS58PRE" + body, digest_size=64).digest()[:2] == check
 
-# %% ../../nbs/13b_axon.ipynb #ca94a99f
+# %% ../../nbs/13b_axon.ipynb #47452c4e
 SIMULATED_NOTE = ("simulated: this file stands in for the chain's metagraph (registered hotkeys, validator permits, "
                   "stakes); the rest of the exchange is real bittensor")
 
@@ -124,7 +125,7 @@ def write_allowlist(path:str|Path,    # the JSON file the axon reads
     if len({r["hotkey"] for r in rows}) != len(rows): raise AxonError("the same hotkey is listed twice")
     return atomic_write_json(path, {"simulated": SIMULATED_NOTE, "neurons": rows})
 
-# %% ../../nbs/13b_axon.ipynb #5e4ea927
+# %% ../../nbs/13b_axon.ipynb #bfb8af16
 @dataclass
 class AxonConfig:
     "What the axon script needs: the miner's wallet, where to listen, the miner service, who may ask."
@@ -158,7 +159,7 @@ class AxonConfig:
                             "create it with btcli (or make_test_wallets for a loopback test)")
         return self
 
-# %% ../../nbs/13b_axon.ipynb #5c47fd7c
+# %% ../../nbs/13b_axon.ipynb #3c67e98f
 def axon_command(cfg:AxonConfig, workdir:str|Path, python:str|Path|None=None) -> list[str]:
     "Write `cfg` to `workdir/axon-payload.json`; return the command line that starts the axon with it."
     workdir = Path(workdir); workdir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +167,7 @@ def axon_command(cfg:AxonConfig, workdir:str|Path, python:str|Path|None=None) ->
     python = python or default_axon_env_dir()/"bin"/"python"
     return [str(python), str(script_path("axon_server.py")), str(workdir/"axon-payload.json"), str(workdir/"axon.json")]
 
-# %% ../../nbs/13b_axon.ipynb #3c67e98f
+# %% ../../nbs/13b_axon.ipynb #c7103be9
 @dataclass
 class AxonProcess:
     "A running axon: where it listens, whose hotkey signs its answers, its log."
@@ -191,6 +192,7 @@ class AxonProcess:
     def __enter__(self): return self
     def __exit__(self, *exc): self.stop()
 
+# %% ../../nbs/13b_axon.ipynb #d791574a
 def launch_axon(cfg:AxonConfig, env:AxonEnv|None=None, workdir:str|Path|None=None, timeout_s:float=120) -> AxonProcess:
     "Start the axon script in the axon environment; return once it listens (`AxonError` with its log otherwise)."
     if env is None and (why := axon_env_missing()): raise AxonError(why)
@@ -211,7 +213,7 @@ def launch_axon(cfg:AxonConfig, env:AxonEnv|None=None, workdir:str|Path|None=Non
     get_logger(__name__).info("axon %s on %s:%d (pid %d)", info["hotkey"], cfg.ip, info["port"], proc.pid)
     return AxonProcess(proc, cfg.ip, int(info["port"]), info["hotkey"], log)
 
-# %% ../../nbs/13b_axon.ipynb #c7103be9
+# %% ../../nbs/13b_axon.ipynb #38edc0c6
 def _env_python(env:AxonEnv|None) -> Path:
     if env is not None: return env.python
     if why := axon_env_missing(): raise AxonError(why)
@@ -233,7 +235,7 @@ def query_axon(target:dict|AxonProcess,  # the axon: `AxonProcess` or {ip, port,
            "images": b64, "timeout_s": timeout_s}
     return run_script(_env_python(env), script_path("dendrite_client.py"), req, 120 + timeout_s)["answers"]
 
-# %% ../../nbs/13b_axon.ipynb #ea211e4c
+# %% ../../nbs/13b_axon.ipynb #57d9cc71
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
 
 def model_card(hotkey:str,                      # the miner's hotkey (ss58): `submitted_by`
