@@ -140,15 +140,17 @@ def test_the_allowlist_is_read_again_when_it_changes(loop):
                                          {"hotkey": w["member"]["hotkey"], "validator_permit": False, "stake": 10}])
 
 
-@pytest.mark.parametrize("behaviour", ["nan", "out_of_range", "422"])
-def test_an_invalid_or_refused_answer_becomes_the_fallback_loudly(loop, behaviour):
-    loop["miner"].behaviour = behaviour
+@pytest.mark.parametrize("behaviour,why", [("nan", "not a prediction in [0, 1]"), ("out_of_range", "not a prediction in [0, 1]"),
+                                           ("422", "answered HTTP 422"), ("wrong_key", "answered HTTP 401")])
+def test_an_invalid_or_refused_answer_becomes_the_fallback_loudly(loop, behaviour, why):
+    miner = loop["miner"]
+    if behaviour == "wrong_key": miner.key = "the service was given another key"
+    else: miner.behaviour = behaviour
     try: got = ask(loop, IMAGES[:1])
-    finally: loop["miner"].behaviour = "ok"
+    finally: miner.behaviour, miner.key = "ok", "s1c-test-key-123"
     assert (got[0]["status_code"], got[0]["prediction"]) == (200, 0.0)
-    log = ANSI.sub("", loop["ax"].log_text())
-    assert "ERROR s1c.axon: FALLBACK ANSWER 0.0" in log
-    assert ("HTTP 422" in log) if behaviour == "422" else ("not a prediction in [0, 1]" in log)
+    line = [l for l in ANSI.sub("", loop["ax"].log_text()).splitlines() if "FALLBACK ANSWER" in l][-1]
+    assert "ERROR s1c.axon: FALLBACK ANSWER 0.0" in line and why in line, line
 
 
 def test_a_miner_past_the_deadline_still_gives_a_valid_answer_in_time(loop):

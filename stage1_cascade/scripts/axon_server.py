@@ -135,7 +135,7 @@ class Handlers:
             p = body.get("prediction") if isinstance(body, dict) else None
             if not _valid(p): why = f"the miner service answered {str(body)[:200]}, not a prediction in [0, 1]"
         except urllib.error.HTTPError as e:
-            why = f"the miner service refused the image: HTTP {e.code} {e.read()[:300]!r}"
+            why = f"the miner service answered HTTP {e.code}: {e.read()[:300]!r}"
         except Exception as e:  # unreachable, timeout, not JSON: the validator still gets a valid answer
             why = f"the miner service at {self.url} gave no answer: {type(e).__name__}: {e}"
         if why is None:
