@@ -24,7 +24,7 @@ from .core import S1CError, assets_dir, get_settings, get_logger, new_run_dir, r
 __all__ = ['app', 'console', 'err_console', 'WIDTH', 'EVAL_OUTPUTS', 'fleet_app', 'GATE_EXIT', 'main', 'collect_info', 'info',
            'fit_parts', 'OutputNotEmpty', 'eval_target', 'routing_lines', 'demo', 'eval_', 'predict', 'calibrate',
            'train_target', 'train', 'plan', 'compress_bench', 'quantize', 'fleet_table', 'fleet_up', 'fleet_status',
-           'fleet_down', 'fleet_smoke', 'validate_target', 'validate', 'monitor']
+           'fleet_down', 'fleet_smoke', 'validate_target', 'validate', 'axon', 'model_card_cmd', 'monitor']
 
 # %% ../nbs/99_cli.ipynb #5d163d64
 class _NamedArgument(TyperArgument):
@@ -527,6 +527,55 @@ def validate(miner: Optional[str] = typer.Option(None, "--miner", help="local, l
     if min_score is not None and (low := below_min_score(res["miners"], min_score)):
         _say(fit_parts([f"below --min-score {min_score:g}: " + ", ".join(f"{k} ({v:.3f})" for k, v in low.items())]), "red")
         raise typer.Exit(GATE_EXIT)
+
+# %% ../nbs/99_cli.ipynb #70376968
+@app.command()
+def axon(wallet_name: Optional[str] = typer.Option(None, "--wallet-name", help="The miner's wallet (its hotkey signs the answers)."),
+         wallet_path: Path = typer.Option(Path("~/.bittensor/wallets"), "--wallet-path", help="Folder of bittensor wallets."),
+         hotkey: str = typer.Option("default", "--hotkey", help="Hotkey name inside the wallet."),
+         allowlist: Optional[Path] = typer.Option(None, "--allowlist", help="JSON file standing in for the metagraph: hotkey, validator_permit, stake."),
+         miner_url: str = typer.Option("http://127.0.0.1:8000", "--miner-url", help="The miner service (POST /v1/predict)."),
+         key_file: Optional[Path] = typer.Option(None, "--key-file", help="File whose first line is the miner service's key (else S1C_MINER_KEY)."),
+         ip: str = typer.Option("127.0.0.1", "--ip", help="Address to bind (0.0.0.0 to face the network)."),
+         port: int = typer.Option(8091, "--port", help="Port to listen on."),
+         external_ip: Optional[str] = typer.Option(None, "--external-ip", help="Address announced to the chain (default: --ip)."),
+         allow_non_validators: bool = typer.Option(False, "--allow-non-validators", help="Serve hotkeys without a validator permit."),
+         fallback_p: float = typer.Option(0.0, "--fallback-p", help="Answer when the miner service gives none (logged as an ERROR)."),
+         setup: bool = typer.Option(False, "--setup", help="Create (or check) the axon environment and exit."),
+         show: bool = typer.Option(False, "--print", help="Print the command that starts the axon and exit.")):
+    "Answer NATIX validators: a bittensor axon that forwards each ImageSynapse to the miner service."
+    from stage1_cascade.serve.axon import AxonConfig, axon_command, ensure_axon_env, launch_axon
+    if setup:
+        e = ensure_axon_env()
+        _say(_fill(f"axon environment {e.path} ({'created' if e.created else 'reused'} in {e.seconds:.0f} s): "
+                   + ", ".join(f"{k} {v}" for k, v in e.versions.items())))
+        return
+    if wallet_name is None or allowlist is None: raise typer.BadParameter("give --wallet-name NAME and --allowlist FILE (or --setup)")
+    cfg = AxonConfig(str(wallet_path.expanduser()), wallet_name, str(allowlist), miner_url, hotkey, ip, port, external_ip,
+                     str(key_file) if key_file else None, not allow_non_validators, fallback_p=fallback_p)
+    work = new_run_dir("axon", {"wallet": wallet_name, "hotkey": hotkey, "miner_url": miner_url, "ip": ip, "port": port})
+    if show:
+        _say(" ".join(axon_command(cfg, work)))
+        return
+    with launch_axon(cfg, workdir=work) as ax:
+        _say(_fill(f"axon {ax.hotkey} on {ip}:{ax.port} (pid {ax.pid}), log {ax.log}; Ctrl-C stops it"))
+        try: ax.proc.wait()
+        except KeyboardInterrupt: pass
+        if ax.proc.returncode not in (None, 0):
+            err_console.print(escape(redact(ax.log_text()[-2000:])), soft_wrap=True)
+            raise typer.Exit(1)
+
+@app.command("model-card")
+def model_card_cmd(hotkey: str = typer.Option(..., "--hotkey", help="The miner's hotkey (ss58 address): submitted_by."),
+                   out: Path = typer.Option(Path("model_card.json"), "--out", help="File to write, or a folder for model_card.json."),
+                   checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Stage-1 folder with manifest.json (default: the shipped one)."),
+                   version: Optional[str] = typer.Option(None, "--version", help="X.Y.Z (default: this package's version)."),
+                   name: Optional[str] = typer.Option(None, "--name", help="model_name (default: stage1-cascade-<members>).")):
+    "Write the model_card.json NATIX asks for, from the Stage-1 checkpoint's manifest."
+    from stage1_cascade.serve.axon import write_model_card
+    p = write_model_card(out, hotkey, checkpoint=checkpoint, version=version, model_name=name)
+    console.print_json(p.read_text())
+    _say(f"written: {p}", "bold")
 
 # %% ../nbs/99_cli.ipynb #6194140b
 @app.command()
