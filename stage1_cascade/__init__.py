@@ -26,6 +26,7 @@ Modules:
 - `stage1_cascade.scripts.axon_server`: The miner's bittensor axon: receives the subnet's `ImageSynapse` and answers it with the miner service.
 - `stage1_cascade.scripts.axon_wallets`: Local bittensor wallets for loopback runs: create them if absent, report their ss58 addresses.
 - `stage1_cascade.scripts.dendrite_client`: A validator's side of one exchange: a real bittensor `Dendrite` sends `ImageSynapse`s to an axon.
+- `stage1_cascade.scripts.dendrite_worker`: A validator's dendrite kept open for a whole shadow-validator run: one `ImageSynapse` per request line.
 - `stage1_cascade.scripts.package_versions`: The installed versions of some distributions, as the interpreter that runs this sees them.
 - `stage1_cascade.scripts.quantize_worker`: Quantize a checkpoint with llm-compressor and check that the saved checkpoint loads and runs.
 - `stage1_cascade.scripts.vllm_serve_args`: Parse `vllm serve` argument lists with vLLM's own parser, then vLLM's CacheConfig (the parser takes any string for the KV dtype; CacheConfig is what rejects an unknown one).
@@ -42,7 +43,7 @@ Modules:
 - `stage1_cascade.standin.server`: A FastAPI app that serves vLLM's routes, JSON shapes and metrics from a stand-in backend, injects faults on request, and runs on loopback in a thread or as a killable process; a fleet of them stands in for the cascade's VLM tiers.
 - `stage1_cascade.train`: Builds the shipped Stage 1 from one seed: trains every candidate adapter, keeps a member only if it raises the cross-validated stacked AUC on the calibration split, fits the fusion, measures on held-out images, and writes the checkpoints with a manifest that a test recomputes from the weights.
 - `stage1_cascade.transfer`: Whole scene families (a lighting condition, an object recipe, a camera height) are held out of training and measured beside the in-family figure, each with its bootstrap interval; the gap is what Stage 1 has learned about the generator rather than about roadwork. Training options that should narrow it (the validator's augmentation levels, colour randomisation, and soft labels for distillation, notebook `05d_distill`) are measured, not assumed.
-- `stage1_cascade.validator`: Replays the subnet's scoring loop against any miner (the cascade in this process, or an HTTP endpoint): challenges drawn, augmented and encoded as a validator makes them, answers scored round by round with the validator's rules, the EMA score it would keep, two miners compared on one challenge stream, and a gate on the expected score.
+- `stage1_cascade.validator`: Replays the subnet's scoring loop against any miner (the cascade in this process, an HTTP endpoint, or a bittensor axon): challenges drawn, augmented and encoded as a validator makes them, answers scored round by round with the validator's rules, the EMA score it would keep, two miners compared on one challenge stream, and a gate on the expected score.
 - `stage1_cascade.vlm`: The cascade's VLM tiers are servers, not imports: this client asks each one yes/no question per image over vLLM's OpenAI-compatible HTTP API, reads P(roadwork) from the first token's logprobs, keeps to the caller's time budget and fails with typed errors."""
 
 __version__ = "0.1.0"

@@ -496,7 +496,7 @@ def _score_lines(name: str, s: dict) -> list[str]:
                        f"errors {s['errors']}", f"invalid answers {s['invalid_answers']}"])]
 
 @app.command()
-def validate(miner: Optional[str] = typer.Option(None, "--miner", help="local, local:CONFIG (cascade, stage1_only, top_tier_only, a routing YAML) or an http(s):// miner URL."),
+def validate(miner: Optional[str] = typer.Option(None, "--miner", help="local, local:CONFIG (cascade, stage1_only, top_tier_only, a routing YAML), an http(s):// miner URL or axon://HOTKEY@HOST:PORT."),
              compare: Optional[tuple[str, str]] = typer.Option(None, "--compare", metavar="BASE OTHER", help="Two miners on the same challenges, baseline first."),
              real: str = typer.Option("scenes", "--real", help="Real images: 'scenes' (the scene generator) or a labelled data set."),
              generated: str = typer.Option("styled-scenes", "--generated", help="Generated images: 'styled-scenes' (a CPU stand-in for SDXL output) or a folder of them."),
@@ -507,13 +507,17 @@ def validate(miner: Optional[str] = typer.Option(None, "--miner", help="local, l
              min_score: Optional[float] = typer.Option(None, "--min-score", help="Exit 4 if a miner's expected score is below this."),
              key: Optional[str] = typer.Option(None, "--key", envvar="S1C_MINER_KEY", show_envvar=False, help="Bearer key of an HTTP miner (or S1C_MINER_KEY)."),
              timeout: float = typer.Option(9.0, "--timeout", min=0.001, help="Seconds the validator waits for an answer."),
+             wallet_name: Optional[str] = typer.Option(None, "--wallet-name", help="axon:// miners: the validator's wallet (its hotkey signs the requests)."),
+             wallet_path: Path = typer.Option(Path("~/.bittensor/wallets"), "--wallet-path", help="axon:// miners: folder of bittensor wallets."),
+             wallet_hotkey: str = typer.Option("default", "--wallet-hotkey", help="axon:// miners: hotkey name inside the wallet."),
              progress: bool = typer.Option(True, "--progress/--no-progress")):
     "Replay the subnet's scoring loop against a miner: rounds.jsonl, summary.json and plots; exit 4 below --min-score."
     from stage1_cascade.validator import below_min_score, validate as _validate
     if (miner is None) == (compare is None): raise typer.BadParameter("give exactly one of --miner SPEC or --compare BASE OTHER")
     out = validate_target(out, force)
     import time; t0 = time.perf_counter()
-    res = _validate([miner] if miner else list(compare), rounds, seed, real, generated, out, timeout, key, progress)
+    wallet = {"name": wallet_name, "path": str(wallet_path), "hotkey": wallet_hotkey} if wallet_name else None
+    res = _validate([miner] if miner else list(compare), rounds, seed, real, generated, out, timeout, key, progress, wallet=wallet)
     for name, s in res["miners"].items():
         for line in _score_lines(name, s): _say(line)
     s = next(iter(res["miners"].values()))

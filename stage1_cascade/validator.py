@@ -1,5 +1,5 @@
-"""Replays the subnet's scoring loop against any miner (the cascade in this process, or an HTTP
-endpoint): challenges drawn, augmented and encoded as a validator makes them, answers scored
+"""Replays the subnet's scoring loop against any miner (the cascade in this process, an HTTP
+endpoint, or a bittensor axon): challenges drawn, augmented and encoded as a validator makes them, answers scored
 round by round with the validator's rules, the EMA score it would keep, two miners compared on
 one challenge stream, and a gate on the expected score.
 
@@ -9,17 +9,19 @@ Docs: https://example.invalid/stage1_cascade/validator.html.md"""
 
 # %% ../nbs/14_validator.ipynb #1854f298
 from __future__ import annotations
-import hashlib, json, math, re, threading, time
+import hashlib, itertools, json, math, os, re, signal, subprocess, tempfile, threading, time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 import cv2
+from fastcore.basics import patch
 import numpy as np
 from PIL import Image
 
 from .core import VLM_TIERS, S1CError, atomic_write_json, atomic_write_text, get_logger, mask_url, redact
+from .core import script_path
 from .data import challenge, image_bytes, load_image
 from .scenes import make_scene
 from .scoring import accuracy, ema_score, mcc, natix_round_rewards, round_predictions
@@ -28,9 +30,9 @@ from .scoring import accuracy, ema_score, mcc, natix_round_rewards, round_predic
 __all__ = ['TIMEOUT_S', 'P_GENERATED', 'LEVELS', 'MCC_WINDOW', 'EMA_ALPHA', 'DEFAULT_REAL', 'DEFAULT_GENERATED', 'ROUTINGS',
            'ValidatorError', 'RoundDraw', 'round_draw', 'Drawn', 'ImageSource', 'SceneSource', 'sdxl_standin_style',
            'StyledSceneSource', 'SampleSource', 'open_source', 'Challenge', 'challenge_stream', 'stream_digest',
-           'Answer', 'Miner', 'ask', 'MinerError', 'FunctionMiner', 'HTTPMiner', 'local_routing', 'LocalMiner',
-           'open_miner', 'score_rounds', 'steady_rounds', 'summarize', 'paired_bootstrap', 'compare_runs', 'plot_runs',
-           'run_validation', 'below_min_score', 'validate']
+           'Answer', 'Miner', 'ask', 'MinerError', 'FunctionMiner', 'HTTPMiner', 'AxonMiner', 'local_routing',
+           'LocalMiner', 'open_miner', 'score_rounds', 'steady_rounds', 'summarize', 'paired_bootstrap', 'compare_runs',
+           'plot_runs', 'run_validation', 'below_min_score', 'validate']
 
 # %% ../nbs/14_validator.ipynb #82798d25
 class ValidatorError(S1CError, ValueError):
@@ -204,6 +206,7 @@ def ask(miner:Callable, # called as miner(image_b64, timeout_s)
         timeout_s:float=TIMEOUT_S # the validator's wait
        )->Answer:
     "One round's answer as the validator sees it: the value within `timeout_s`, else -1; an error or a non-number is -1."
+    # a transport that saw the wait run out itself (the dendrite's 408) raises TimeoutError: a timeout too
     box, done = {}, threading.Event()
     def work():
         try: box["v"] = miner(image, timeout_s)
@@ -214,7 +217,8 @@ def ask(miner:Callable, # called as miner(image_b64, timeout_s)
     finished = done.wait(timeout_s)
     ms = (time.perf_counter() - t0) * 1e3
     if not finished: return Answer(-1.0, "timeout", ms, f"no answer within {timeout_s:g} s")
-    if "e" in box: return Answer(-1.0, "error", ms, redact(f"{type(box['e']).__name__}: {box['e']}")[:300])
+    if "e" in box: return Answer(-1.0, "timeout" if isinstance(box["e"], TimeoutError) else "error", ms,
+                                 redact(f"{type(box['e']).__name__}: {box['e']}")[:300])
     v = box["v"]
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         return Answer(-1.0, "error", ms, f"answer {str(v)[:60]!r} is not a number")
@@ -222,7 +226,7 @@ def ask(miner:Callable, # called as miner(image_b64, timeout_s)
 
 # %% ../nbs/14_validator.ipynb #1ee68670
 class MinerError(S1CError, RuntimeError):
-    "A miner answered, but not with a prediction (HTTP error, not JSON, no 'prediction')."
+    "A miner answered, but not with a prediction (HTTP error, not JSON, no 'prediction', an axon's refusal)."
 
 class FunctionMiner:
     "A Python function of the base64 image as a miner (sanity checks, tests)."
@@ -246,6 +250,96 @@ class HTTPMiner:
             raise MinerError(f"{self.name} answered {str(body)[:80]}, with no 'prediction'")
         return body["prediction"]
     def close(self): self._http.close()
+
+# %% ../nbs/14_validator.ipynb #43a154bf
+_AXON_SPEC = re.compile(r"axon://(?:(?P<hotkey>[^@/\s]+)@)?(?P<host>[^:/@\s]+):(?P<port>\d{1,5})/?")
+
+def _worker_reply(r:dict):
+    "A dendrite worker reply as the validator reads it: the prediction of a 200, else the reason it stays -1."
+    code, msg = r.get("status_code"), r.get("status_message")
+    if code == 408: raise TimeoutError(f"dendrite: 408 {msg}")
+    if code != 200: raise MinerError(f"the axon answered {code}: {msg} (the synapse's prediction stays -1)")
+    if r.get("prediction") is None: raise MinerError("the axon answered 200 without a prediction (the validator's -1)")
+    return r["prediction"]
+
+class AxonMiner:
+    "A miner's bittensor axon, asked as a validator asks: a real `Dendrite` (in the axon environment) sends `ImageSynapse`s."
+    def __init__(self, spec:str, # axon://HOTKEY@HOST:PORT, HOTKEY the miner's ss58 hotkey
+                 wallet_name:str|None, # the validator's wallet: its hotkey signs the requests
+                 wallet_path:str|Path="~/.bittensor/wallets",
+                 wallet_hotkey:str="default",
+                 env=None, # a `serve.axon.AxonEnv` (default: the default axon environment)
+                 start_timeout_s:float=120):
+        from stage1_cascade.serve.axon import axon_env_missing, default_axon_env_dir, is_ss58
+        m = _AXON_SPEC.fullmatch(spec.strip())
+        if not m: raise ValidatorError(f"--miner {spec!r}: give axon://HOTKEY@HOST:PORT (the miner's hotkey, its address and port)")
+        if not m["hotkey"]: raise ValidatorError(f"--miner {spec}: the dendrite signs each request for the axon's hotkey: give "
+                                                 "axon://HOTKEY@HOST:PORT (the metagraph, or the axon's start line, shows it)")
+        if not is_ss58(m["hotkey"]): raise ValidatorError(f"--miner {spec}: {m['hotkey']!r} is not an ss58 hotkey")
+        if not 0 < int(m["port"]) < 65536: raise ValidatorError(f"--miner {spec}: port {m['port']} is outside 1-65535")
+        if not wallet_name: raise ValidatorError(f"--miner {spec}: give the validator's wallet (--wallet-name, and --wallet-path, "
+                                                 "--wallet-hotkey if not the defaults): its hotkey signs the requests")
+        wp = Path(wallet_path).expanduser()
+        if not (wp/wallet_name/"hotkeys"/wallet_hotkey).is_file():
+            raise ValidatorError(f"no hotkey {wallet_hotkey!r} in wallet {wallet_name!r} under {wp}: create it with btcli")
+        if env is None and (why := axon_env_missing()): raise ValidatorError(f"--miner {spec}: {why}")
+        python = env.python if env is not None else default_axon_env_dir()/"bin"/"python"
+        self.name, self.target = f"axon://{m['host']}:{m['port']}", {"ip": m["host"], "port": int(m["port"]), "hotkey": m["hotkey"]}
+        self.dir = Path(tempfile.mkdtemp(prefix="s1c-dendrite-"))
+        atomic_write_json(self.dir/"payload.json", {"wallet_path": str(wp), "wallet_name": wallet_name, "hotkey": wallet_hotkey,
+                                                     "axon": self.target})
+        self._lock, self._waiting, self._ids, self._ready = threading.Lock(), {}, itertools.count(1), threading.Event()
+        self.caller = self.result = None
+        with open(self.dir/"worker.log", "wb") as log:
+            self.proc = subprocess.Popen([str(python), str(script_path("dendrite_worker.py")), str(self.dir/"payload.json"),
+                                          str(self.dir/"result.json")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log, text=True, start_new_session=True)
+        threading.Thread(target=self._read, name="dendrite-worker-reader", daemon=True).start()
+        if not self._ready.wait(start_timeout_s) or self.caller is None:
+            self.close()
+            raise MinerError(f"the dendrite worker did not start (exit {self.proc.returncode}):\n{self.log_tail()}")
+
+# %% ../nbs/14_validator.ipynb #cbefbd49
+@patch
+def _read(self:AxonMiner):
+    "The worker's stdout: the ready line, then each answer handed to the request waiting for its id."
+    for line in self.proc.stdout:
+        try: r = json.loads(line)
+        except ValueError: continue  # not the protocol: bittensor's own prints go to stderr, so there should be none
+        if r.get("ready"): self.caller = r.get("caller"); self._ready.set(); continue
+        with self._lock: w = self._waiting.get(r.get("id"))
+        if w: w[1]["r"] = r; w[0].set()
+    self._ready.set()  # the worker is gone: whoever waits wakes up and finds no answer
+    with self._lock:
+        for ev, _ in self._waiting.values(): ev.set()
+
+@patch
+def __call__(self:AxonMiner, image:str, timeout_s:float):
+    "Send one `ImageSynapse` with the validator's wait; the prediction of a 200 answer, else why there is none."
+    i, ev, box = next(self._ids), threading.Event(), {}
+    with self._lock:
+        if self.proc.poll() is not None: raise MinerError(f"the dendrite worker exited ({self.proc.returncode}): {self.log_tail(300)}")
+        self._waiting[i] = (ev, box)
+        self.proc.stdin.write(json.dumps({"id": i, "image": image, "timeout_s": timeout_s}) + "\n"); self.proc.stdin.flush()
+    try:
+        if not ev.wait(timeout_s + 5): raise TimeoutError(f"no answer from the dendrite worker within {timeout_s + 5:g} s")
+    finally:
+        with self._lock: self._waiting.pop(i, None)
+    if "r" not in box: raise MinerError(f"the dendrite worker exited: {self.log_tail(300)}")
+    return _worker_reply(box["r"])
+
+@patch
+def log_tail(self:AxonMiner, n:int=3000)->str: return (self.dir/"worker.log").read_text(errors="replace")[-n:]
+
+@patch
+def close(self:AxonMiner, timeout_s:float=30):
+    "Stop the worker: stdin closed, it finishes what is in flight and exits; killed if it lingers past `timeout_s`."
+    if self.proc.poll() is None:
+        try: self.proc.stdin.close()
+        except OSError: pass
+        try: self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait(timeout_s)
+    if (f := self.dir/"result.json").exists(): self.result = json.loads(f.read_text())
 
 # %% ../nbs/14_validator.ipynb #7b1df865
 ROUTINGS = ("cascade", "stage1_only", "top_tier_only")  # named routings of `local:CONFIG`; anything else is a YAML path
@@ -273,19 +367,21 @@ class LocalMiner:
         return self.cascade.decide(data).p
     def close(self): self.stack.close()
 
-def open_miner(spec, # 'local', 'local:CONFIG', 'http(s)://host:port', or a callable of the base64 image
+def open_miner(spec, # 'local', 'local:CONFIG', 'http(s)://host:port', 'axon://HOTKEY@HOST:PORT', or a callable of the base64 image
                key:str|None=None, # bearer key for an HTTP miner
-               settings=None)->Miner:
-    "The miner `spec` names; the axon transport arrives with the miner service (issue 10)."
+               settings=None,
+               wallet:Mapping|None=None # the validator's wallet for an axon: name, and path, hotkey if not the defaults
+              )->Miner:
+    "The miner `spec` names: the cascade here, an HTTP miner service, a bittensor axon, or a function."
     if callable(spec): return FunctionMiner(spec, getattr(spec, "__name__", "function"))
     s = str(spec).strip()
     if s == "local" or s.startswith("local:"): return LocalMiner(s.partition(":")[2] or "cascade", settings)
     if re.match(r"https?://", s): return HTTPMiner(s, key)
     if s.startswith("axon"):
-        raise ValidatorError(f"--miner {s}: the axon transport waits for the miner service (issue 10); until it lands, give the "
-                             "miner's HTTP URL or local[:CONFIG]")
+        w = dict(wallet or {})
+        return AxonMiner(s, w.pop("name", None), **{f"wallet_{k}": v for k, v in w.items() if k in ("path", "hotkey")})
     raise ValidatorError(f"--miner {s!r}: give local, local:CONFIG (CONFIG one of {', '.join(ROUTINGS)} or a routing YAML) "
-                         "or the miner's http(s):// URL")
+                         "the miner's http(s):// URL or axon://HOTKEY@HOST:PORT")
 
 # %% ../nbs/14_validator.ipynb #66e7c3a8
 def _json_value(v:float): return v if math.isfinite(v) else str(v)  # 'nan', 'inf', '-inf': float() reads them back
@@ -459,19 +555,22 @@ def validate(miners:Sequence, # miner specs (`open_miner`): one, or two to compa
              timeout_s:float=TIMEOUT_S,
              key:str|None=None, # bearer key for HTTP miners (never written)
              progress:bool=True,
-             settings=None)->dict:
+             settings=None,
+             wallet:Mapping|None=None # the validator's wallet for axon miners: name, path, hotkey
+            )->dict:
     "Open the sources and miners, run the shadow validator into a run folder, close the miners."
     from stage1_cascade.core import new_run_dir
     if not miners: raise ValidatorError("give a miner (--miner) or two (--compare)")
     srcs = open_source(real, "real"), open_source(generated, "generated")  # a bad path fails before any model loads
     cfg = {"miners": [mask_url(str(m)) for m in miners], "rounds": rounds, "seed": seed, "real": str(real),
-           "generated": str(generated), "timeout_s": timeout_s, "key": "***" if key else None}
+           "generated": str(generated), "timeout_s": timeout_s, "key": "***" if key else None,
+           "wallet": {k: str(v) for k, v in (wallet or {}).items()} or None}
     if out is None: out = new_run_dir("validate", cfg, settings)
     else: atomic_write_json(Path(out)/"config.json", {"kind": "validate", "config": cfg})
     opened = {}
     try:
         for spec in miners:
-            m = open_miner(spec, key, settings); name, i = m.name, 2
+            m = open_miner(spec, key, settings, wallet); name, i = m.name, 2
             while name in opened: name, i = f"{m.name}#{i}", i + 1
             opened[name] = m
         return run_validation(opened, rounds, seed, *srcs, out=out, timeout_s=timeout_s, progress=progress)

@@ -15,7 +15,7 @@ SCRIPTS = sorted(p for p in (ROOT/"stage1_cascade"/"scripts").glob("*.py") if p.
 
 def test_the_scripts_are_there():
     assert [p.name for p in SCRIPTS] == ["autoawq_compare.py", "axon_server.py", "axon_wallets.py", "dendrite_client.py",
-                                         "package_versions.py", "quantize_worker.py", "vllm_serve_args.py"]
+                                         "dendrite_worker.py", "package_versions.py", "quantize_worker.py", "vllm_serve_args.py"]
     assert all(script_path(p.name) == p.resolve() for p in SCRIPTS)
 
 
