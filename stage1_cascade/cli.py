@@ -19,45 +19,18 @@ from rich.table import Table
 
 from . import __version__
 from .core import S1CError, assets_dir, get_settings, get_logger, new_run_dir, redact
+from .cli_base import *
+from .cli_base import _Group, _Typer, _fill, _say
+from .cli_serve import *
+from .cli_serve import serve_app
 
 # %% auto #0
-__all__ = ['app', 'console', 'err_console', 'WIDTH', 'EVAL_OUTPUTS', 'fleet_app', 'GATE_EXIT', 'main', 'collect_info', 'info',
-           'fit_parts', 'OutputNotEmpty', 'eval_target', 'routing_lines', 'demo', 'eval_', 'predict', 'calibrate',
-           'train_target', 'train', 'plan', 'compress_bench', 'quantize', 'fleet_table', 'fleet_up', 'fleet_status',
-           'fleet_down', 'fleet_smoke', 'validate_target', 'validate', 'axon', 'model_card_cmd', 'monitor']
+__all__ = ['app', 'main', 'collect_info', 'info', 'routing_lines', 'demo', 'eval_', 'predict', 'calibrate', 'train_target',
+           'train', 'plan', 'compress_bench', 'quantize']
 
 # %% ../nbs/99_cli.ipynb #5d163d64
-class _NamedArgument(TyperArgument):
-    "An argument shown by its metavar alone (`IMAGE...`) in the usage line and the help, without a type label."
-    def _usage_display_name(self) -> str: return self.metavar if self.required else f"[{self.metavar}]"
-    def display_type_rich(self, ctx): return None
-
-def _readable(p):
-    "`p` as the help should show it: a flag without a type label (it takes no value), an argument by its metavar."
-    if getattr(p, "is_flag", False) and p.metavar is None: p.metavar = ""
-    elif isinstance(p, TyperArgument) and p.metavar: p.__class__ = _NamedArgument
-    return p
-
-class _Readable:
-    "Mixin for typer's command classes: every parameter, `--help` included, shown as `_readable` says."
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for p in self.params: _readable(p)
-    def get_help_option(self, ctx):
-        h = super().get_help_option(ctx)
-        return h if h is None else _readable(h)
-
-class _Command(_Readable, TyperCommand): "A typer command with readable help."
-class _Group(_Readable, TyperGroup): "A typer group with readable help."
-
-class _Typer(typer.Typer):
-    "typer.Typer whose commands are `_Command`s."
-    def command(self, *args, cls=None, **kwargs): return super().command(*args, cls=cls or _Command, **kwargs)
-
 app = _Typer(name="stage1-cascade", no_args_is_help=True, add_completion=False, cls=_Group,
                   help="Roadwork detection cascade for NATIX StreetVision: image models first, VLMs for the uncertain images.")
-console = Console(stderr=False, highlight=False, force_jupyter=False)  # text for a terminal, in a notebook too
-err_console = Console(stderr=True, highlight=False, force_jupyter=False)
 
 def _version(value: bool):
     if value:
@@ -120,52 +93,6 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON obje
     if as_json: typer.echo(json.dumps(d, indent=2)); return
     console.print(f"[bold]stage1-cascade {d['version']}[/bold] (Python {d['python']})")
     for title in ("settings", "packages", "torch", "backends"): console.print(_kv_table(title, d[title]))
-
-# %% ../nbs/99_cli.ipynb #658a203d
-WIDTH = 80  # the CLI's own lines fit an 80-column terminal (only a path longer than that can pass it)
-
-def fit_parts(parts: Sequence[str], sep: str = "; ", width: int = WIDTH, indent: str = "  ") -> str:
-    "`parts` joined by `sep` in lines of at most `width`, broken only between parts (a figure stays with its name)."
-    lines = []
-    for p in parts:
-        if lines and len(lines[-1]) + len(sep) + len(p) <= width: lines[-1] += sep + p; continue
-        if lines and len(lines[-1]) + len(sep.rstrip()) <= width: lines[-1] += sep.rstrip()
-        lines.append(indent + p if lines else p)
-    return "\n".join(lines)
-
-def _fill(text: str, width: int = WIDTH) -> str:
-    "Prose in lines of at most `width`, broken at spaces only (a number or a path is never cut)."
-    return textwrap.fill(text, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
-
-def _say(text: str, style: str | None = None):
-    "Print text the CLI has already fitted, without rich's own wrapping or markup."
-    console.print(text, style=style, soft_wrap=True, markup=False, highlight=False)
-
-# %% ../nbs/99_cli.ipynb #e3e6e28c
-class OutputNotEmpty(S1CError):
-    "An output folder already holds files and overwriting them was not asked for (`--force`)."
-
-EVAL_OUTPUTS = ("config.json", "predictions.jsonl", "rounds.json", "frontier.json", "metrics.json", "plots.png")
-
-def eval_target(out: Path | None,      # --out: the run folder (None: a new one under runs/)
-                force: bool = False,    # --force: replace the results of the run in a non-empty folder
-                resume: bool = False,   # --resume: go on with the interrupted run in the folder
-               ) -> Path | None:
-    "Check `eval`'s / `demo`'s `--out` before any work: new or empty, a run to resume, or a non-empty one with `force`."
-    if out is None: return None
-    out = Path(out)
-    if out.exists() and not out.is_dir(): raise OutputNotEmpty(f"--out {out} is a file: give a folder")
-    names = sorted(p.name for p in out.iterdir()) if out.exists() else []
-    if not names: return out
-    if resume and ({"config.json", "predictions.jsonl"} & set(names)): return out
-    if not force:
-        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-        raise OutputNotEmpty(f"--out {out} is not empty ({len(names)} entries: {shown}) and holds no run to resume: give a new or "
-                             "empty folder, or add --force to replace the results there" if resume else
-                             f"--out {out} is not empty ({len(names)} entries: {shown}): give a new or empty folder, "
-                             "add --resume to go on with an interrupted run there, or --force to replace its results")
-    for n in EVAL_OUTPUTS: (out/n).unlink(missing_ok=True)
-    return out
 
 # %% ../nbs/99_cli.ipynb #ea75a203
 def routing_lines(cfg) -> list[str]:
@@ -388,6 +315,10 @@ def quantize(model: Optional[Path] = typer.Option(None, "--model", help="A Huggi
     r = _q(src, scheme, out, env=env)
     console.print_json(json.dumps({k: r[k] for k in r if k not in ("stdout", "stderr")}, default=str)[:3000])
 
+# %% ../nbs/99_cli.ipynb #c99c0002
+for _c in serve_app.registered_commands: app.registered_commands.append(_c)
+for _g in serve_app.registered_groups: app.registered_groups.append(_g)
+
 # %% ../nbs/99_cli.ipynb #5a91991d
 def _train_on_data(data: str, backbone: str | None, method: str, epochs: int, batch: int, resume: bool, out: Path | None, force: bool, seed: int):
     "`train --data`: fine-tune a Stage-1 classifier into --out (a new run folder by default) and print its held-out report."
@@ -407,202 +338,3 @@ def _train_on_data(data: str, backbone: str | None, method: str, epochs: int, ba
     for line in (f"pipeline: {out/'model'}", f"Stage 1: {out/'stage1.json'}", f"manifest: {out/'manifest.json'}"): _say(line)
     _say(fit_parts([f"done in {time.perf_counter() - t0:.0f} s", f"{man['training']['epochs_run']} epochs",
                     f"best epoch {man['training']['best_epoch']}"], ", "), "bold")
-
-# %% ../nbs/99_cli.ipynb #a3cb13d4
-fleet_app = _Typer(name="fleet", no_args_is_help=True, add_completion=False, cls=_Group,
-                   help="Run the plan's VLM servers: up, status, down, and the smoke benchmark.")
-app.add_typer(fleet_app, name="fleet")
-
-def _fleet_dir(plan: Optional[Path], state: Optional[Path]) -> Path:
-    if state is None and plan is None: raise typer.BadParameter("give --plan DIR (state in DIR/fleet) or --state DIR")
-    return state or plan/"fleet"
-
-def fleet_table(st: dict) -> Table:
-    "The fleet's servers as a table that fits 80 columns."
-    t = Table(title=f"fleet {st['phase']} (supervisor PID {st.get('supervisor_pid')})", title_justify="left")
-    for c in ("model", "tier", "gpu", "port", "pid", "state", "restarts", "up s"): t.add_column(c, overflow="fold")
-    for r in st["servers"]:
-        t.add_row(r["model"], r["tier"], str(r["gpu"]), str(r["port"]), str(r["pid"] or "-"), r["state"], str(r["restarts"]),
-                  "-" if r["uptime_s"] is None else f"{r['uptime_s']:.0f}")
-    return t
-
-_PLAN_OPT = typer.Option(None, "--plan", help="Plan folder (stage1-cascade plan --out DIR).")
-_STATE_OPT = typer.Option(None, "--state", help="Fleet state folder (default: PLAN/fleet).")
-
-@fleet_app.command("up")
-def fleet_up(plan: Path = typer.Option(..., "--plan", help="Plan folder (stage1-cascade plan --out DIR)."),
-             state: Optional[Path] = _STATE_OPT,
-             mode: Optional[str] = typer.Option(None, "--mode", help="cpu (stand-ins) or gpu (vllm serve); default S1C_MODE."),
-             foreground: bool = typer.Option(False, "--foreground", help="Stay attached; Ctrl-C stops every server."),
-             host: str = typer.Option("127.0.0.1", "--host", help="Where resident servers listen (sleepers: loopback)."),
-             scorer: str = typer.Option("orange", "--scorer", help="What cpu-mode stand-ins answer from.")):
-    "Start every server of a plan; return when all are healthy or asleep."
-    from stage1_cascade.serve.fleet import fleet_up as _up
-    d = _fleet_dir(plan, state)
-    st = _up(plan, d, mode or get_settings().mode, foreground=foreground, host=host, scorer=scorer)
-    console.print(fleet_table(st))
-    console.print(f"registry for the cascade: S1C_REGISTRY={d/'registry.json'}")
-
-@fleet_app.command("status")
-def fleet_status(plan: Optional[Path] = _PLAN_OPT, state: Optional[Path] = _STATE_OPT,
-                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
-    "Each server's model, tier, GPU, port, PID, state, restarts and uptime."
-    from stage1_cascade.serve.fleet import fleet_status as _status
-    st = _status(_fleet_dir(plan, state))
-    if as_json: typer.echo(json.dumps(st)); return
-    console.print(fleet_table(st))
-    for r in st["servers"]:
-        if r["state"] == "failed": err_console.print(f"failed: {r['model']}: {r['last_exit']} (log: {r['log']})")
-
-@fleet_app.command("down")
-def fleet_down(plan: Optional[Path] = _PLAN_OPT, state: Optional[Path] = _STATE_OPT):
-    "Stop every server (SIGTERM, then SIGKILL); exit 1 if a process is left."
-    from stage1_cascade.serve.fleet import fleet_down as _down
-    r = _down(_fleet_dir(plan, state))
-    console.print(f"stopped {r['stopped']} servers; {r['pids_checked']} PIDs checked, orphans: {len(r['orphans'])}")
-    if r["orphans"]: raise typer.Exit(1)
-
-@fleet_app.command("smoke")
-def fleet_smoke(plan: Path = typer.Option(..., "--plan", help="Plan folder (stage1-cascade plan --out DIR)."),
-                images: int = typer.Option(1000, "--images", min=1, help="Synthetic images through the cascade."),
-                workers: int = typer.Option(4, "--workers", min=1, help="Images routed at once."),
-                routing: str = typer.Option("first", "--routing", help="first or fuse (a tier of several models)."),
-                state: Optional[Path] = _STATE_OPT,
-                progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")):
-    "Bring the plan's servers up as stand-ins, route images with a kill and a sleep, stop all; print one JSON object."
-    from stage1_cascade.serve.smoke import fleet_smoke as _smoke
-    typer.echo(json.dumps(_smoke(plan, images, workers, routing, state_dir=state, progress=progress)))
-
-# %% ../nbs/99_cli.ipynb #362530eb
-GATE_EXIT = 4  # `validate --min-score`: a miner's expected score is below the gate
-
-def validate_target(out: Path | None, force: bool = False) -> Path | None:
-    "`validate`'s `--out`: new or empty, or non-empty with `force` (the run's files there are replaced)."
-    if out is None: return None
-    out = Path(out)
-    if out.exists() and not out.is_dir(): raise OutputNotEmpty(f"--out {out} is a file: give a folder")
-    if not force and out.exists() and (n := sum(1 for _ in out.iterdir())):
-        raise OutputNotEmpty(f"--out {out} is not empty ({n} entries): give a new or empty folder, or add --force to "
-                             "replace the run's files there")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-def _score_lines(name: str, s: dict) -> list[str]:
-    lo, hi = s["expected_score_rounds"]; reach = s["rounds_to_90pct_final_ema"]
-    return [fit_parts([f"{name}: expected score {s['expected_score']:.3f} (mean reward, rounds {lo}-{hi})",
-                       f"final EMA {s['final_ema']:.3f} after {s['rounds']} rounds",
-                       f"90 % of it by round {reach}" if reach else "EMA never above 0",
-                       f"accuracy {s['accuracy']:.3f}", f"MCC {s['mcc']:.3f}", f"timeouts {s['timeouts']}",
-                       f"errors {s['errors']}", f"invalid answers {s['invalid_answers']}"])]
-
-@app.command()
-def validate(miner: Optional[str] = typer.Option(None, "--miner", help="local, local:CONFIG (cascade, stage1_only, top_tier_only, a routing YAML), an http(s):// miner URL or axon://HOTKEY@HOST:PORT."),
-             compare: Optional[tuple[str, str]] = typer.Option(None, "--compare", metavar="BASE OTHER", help="Two miners on the same challenges, baseline first."),
-             real: str = typer.Option("scenes", "--real", help="Real images: 'scenes' (the scene generator) or a labelled data set."),
-             generated: str = typer.Option("styled-scenes", "--generated", help="Generated images: 'styled-scenes' (a CPU stand-in for SDXL output) or a folder of them."),
-             rounds: int = typer.Option(200, "--rounds", min=1, help="Challenges; from 150, the expected score averages rounds 101 on."),
-             seed: int = typer.Option(0, "--seed", help="The challenge stream is a function of the seed."),
-             out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: a new one under runs/); refused if not empty."),
-             force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
-             min_score: Optional[float] = typer.Option(None, "--min-score", help="Exit 4 if a miner's expected score is below this."),
-             key: Optional[str] = typer.Option(None, "--key", envvar="S1C_MINER_KEY", show_envvar=False, help="Bearer key of an HTTP miner (or S1C_MINER_KEY)."),
-             timeout: float = typer.Option(9.0, "--timeout", min=0.001, help="Seconds the validator waits for an answer."),
-             wallet_name: Optional[str] = typer.Option(None, "--wallet-name", help="axon:// miners: the validator's wallet (its hotkey signs the requests)."),
-             wallet_path: Path = typer.Option(Path("~/.bittensor/wallets"), "--wallet-path", help="axon:// miners: folder of bittensor wallets."),
-             wallet_hotkey: str = typer.Option("default", "--wallet-hotkey", help="axon:// miners: hotkey name inside the wallet."),
-             progress: bool = typer.Option(True, "--progress/--no-progress")):
-    "Replay the subnet's scoring loop against a miner: rounds.jsonl, summary.json and plots; exit 4 below --min-score."
-    from stage1_cascade.validator import below_min_score, validate as _validate
-    if (miner is None) == (compare is None): raise typer.BadParameter("give exactly one of --miner SPEC or --compare BASE OTHER")
-    out = validate_target(out, force)
-    import time; t0 = time.perf_counter()
-    wallet = {"name": wallet_name, "path": str(wallet_path), "hotkey": wallet_hotkey} if wallet_name else None
-    res = _validate([miner] if miner else list(compare), rounds, seed, real, generated, out, timeout, key, progress, wallet=wallet)
-    for name, s in res["miners"].items():
-        for line in _score_lines(name, s): _say(line)
-    s = next(iter(res["miners"].values()))
-    for role in ("real", "generated"): _say(_fill(f"{role} images: {s['sources'][role]}"), "dim")
-    if (c := res.get("compare")):
-        _say(fit_parts([f"{c['other']} - {c['base']}: expected score {c['difference']:+.3f}",
-                        f"{c['level']:.0%} interval {c['low']:+.3f} to {c['high']:+.3f}",
-                        f"paired block bootstrap, rounds {c['rounds_compared'][0]}-{c['rounds_compared'][1]}, "
-                        f"blocks of {c['block_rounds']}"]), "bold")
-    _say(fit_parts([f"run folder: {res['out']}", f"({time.perf_counter() - t0:.0f} s)"], "  "), "bold")
-    if min_score is not None and (low := below_min_score(res["miners"], min_score)):
-        _say(fit_parts([f"below --min-score {min_score:g}: " + ", ".join(f"{k} ({v:.3f})" for k, v in low.items())]), "red")
-        raise typer.Exit(GATE_EXIT)
-
-# %% ../nbs/99_cli.ipynb #70376968
-@app.command()
-def axon(wallet_name: Optional[str] = typer.Option(None, "--wallet-name", help="The miner's wallet (its hotkey signs the answers)."),
-         wallet_path: Path = typer.Option(Path("~/.bittensor/wallets"), "--wallet-path", help="Folder of bittensor wallets."),
-         hotkey: str = typer.Option("default", "--hotkey", help="Hotkey name inside the wallet."),
-         allowlist: Optional[Path] = typer.Option(None, "--allowlist", help="JSON file standing in for the metagraph: hotkey, validator_permit, stake."),
-         miner_url: str = typer.Option("http://127.0.0.1:8000", "--miner-url", help="The miner service (POST /v1/predict)."),
-         key_file: Optional[Path] = typer.Option(None, "--key-file", help="File whose first line is the miner service's key (else S1C_MINER_KEY)."),
-         ip: str = typer.Option("127.0.0.1", "--ip", help="Address to bind (0.0.0.0 to face the network)."),
-         port: int = typer.Option(8091, "--port", help="Port to listen on."),
-         external_ip: Optional[str] = typer.Option(None, "--external-ip", help="Address announced to the chain (default: --ip)."),
-         allow_non_validators: bool = typer.Option(False, "--allow-non-validators", help="Serve hotkeys without a validator permit."),
-         fallback_p: float = typer.Option(0.0, "--fallback-p", help="Answer when the miner service gives none (logged as an ERROR)."),
-         setup: bool = typer.Option(False, "--setup", help="Create (or check) the axon environment and exit."),
-         show: bool = typer.Option(False, "--print", help="Print the command that starts the axon and exit.")):
-    "Answer NATIX validators: a bittensor axon that forwards each ImageSynapse to the miner service."
-    from stage1_cascade.serve.axon import AxonConfig, axon_command, ensure_axon_env, launch_axon
-    if setup:
-        e = ensure_axon_env()
-        _say(_fill(f"axon environment {e.path} ({'created' if e.created else 'reused'} in {e.seconds:.0f} s): "
-                   + ", ".join(f"{k} {v}" for k, v in e.versions.items())))
-        return
-    if wallet_name is None or allowlist is None: raise typer.BadParameter("give --wallet-name NAME and --allowlist FILE (or --setup)")
-    cfg = AxonConfig(str(wallet_path.expanduser()), wallet_name, str(allowlist), miner_url, hotkey, ip, port, external_ip,
-                     str(key_file) if key_file else None, not allow_non_validators, fallback_p=fallback_p)
-    work = new_run_dir("axon", {"wallet": wallet_name, "hotkey": hotkey, "miner_url": miner_url, "ip": ip, "port": port})
-    if show:
-        _say(" ".join(axon_command(cfg, work)))
-        return
-    with launch_axon(cfg, workdir=work) as ax:
-        _say(_fill(f"axon {ax.hotkey} on {ip}:{ax.port} (pid {ax.pid}), log {ax.log}; Ctrl-C stops it"))
-        try: ax.proc.wait()
-        except KeyboardInterrupt: pass
-        if ax.proc.returncode not in (None, 0):
-            err_console.print(escape(redact(ax.log_text()[-2000:])), soft_wrap=True)
-            raise typer.Exit(1)
-
-@app.command("model-card")
-def model_card_cmd(hotkey: str = typer.Option(..., "--hotkey", help="The miner's hotkey (ss58 address): submitted_by."),
-                   out: Path = typer.Option(Path("model_card.json"), "--out", help="File to write, or a folder for model_card.json."),
-                   checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Stage-1 folder with manifest.json (default: the shipped one)."),
-                   version: Optional[str] = typer.Option(None, "--version", help="X.Y.Z (default: this package's version)."),
-                   name: Optional[str] = typer.Option(None, "--name", help="model_name (default: stage1-cascade-<members>).")):
-    "Write the model_card.json NATIX asks for, from the Stage-1 checkpoint's manifest."
-    from stage1_cascade.serve.axon import write_model_card
-    p = write_model_card(out, hotkey, checkpoint=checkpoint, version=version, model_name=name)
-    console.print_json(p.read_text())
-    _say(f"written: {p}", "bold")
-
-# %% ../nbs/99_cli.ipynb #6194140b
-@app.command()
-def monitor(out: Path = typer.Option(..., "--out", help="Folder for prometheus.yml, stage1_alerts.yml, stage1_dashboard.json."),
-            miner_url: Optional[str] = typer.Option(None, "--miner-url", help="The miner service, e.g. http://127.0.0.1:8080."),
-            registry: Optional[Path] = typer.Option(None, "--registry", help="A fleet's registry.json: each server is scraped."),
-            control_url: Optional[str] = typer.Option(None, "--control-url", help="The fleet's control API (default: the registry's)."),
-            scrape_interval: str = typer.Option("15s", "--scrape-interval", help="How often targets are read and rules evaluated."),
-            miner_key_file: Optional[Path] = typer.Option(None, "--miner-key-file", help="The miner's bearer key file (bound beyond loopback)."),
-            allow_remote: bool = typer.Option(False, "--allow-remote", help="Accept targets that are not on loopback."),
-            check: bool = typer.Option(True, "--check/--no-check", help="Check the files with promtool when it is installed.")):
-    "Write the Prometheus config, alert rules and Grafana dashboard for the miner and the fleet; promtool checks them."
-    import shutil
-    from stage1_cascade.serve import monitor as _m
-    targets = _m.scrape_targets(miner_url, control_url, registry, allow_remote=allow_remote)
-    files = _m.write_monitoring(out, targets, scrape_interval, str(miner_key_file) if miner_key_file else None)
-    jobs = [t.job for t in targets]
-    n_rules = len(_m.alert_rules()["groups"][0]["rules"])
-    n_panels = len(_m.dashboard_queries(_m.grafana_dashboard()))
-    typer.echo(f"wrote {out}:")
-    typer.echo(fit_parts([f"{files['config'].name} (" + ", ".join(f"{jobs.count(j)} {j}" for j in dict.fromkeys(jobs)) + ")",
-                          f"{files['rules'].name} ({n_rules} rules)", f"{files['dashboard'].name} ({n_panels} queries)"], sep="; ", indent="  "))
-    if check and shutil.which("promtool"):
-        _m.check_monitoring(files); typer.echo("promtool: the config and the rules are valid")
-    elif check: typer.echo("promtool is not installed: not checked (apt-get install -y prometheus)")
-    typer.echo(f"run: prometheus --config.file={files['config']}")
