@@ -492,13 +492,14 @@ def miner(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
           max_batch: int = typer.Option(16, "--max-batch", min=1, help="Images per Stage-1 forward pass."),
           batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", min=0, max=1000, help="Wait for more images after the first."),
           max_concurrency: int = typer.Option(32, "--max-concurrency", min=1, help="Requests routed through the cascade at once."),
+          max_queue_wait: float = typer.Option(2.0, "--max-queue-wait", min=0, help="Seconds a request waits for a slot before Stage 1 answers."),
           max_body_mb: float = typer.Option(8.0, "--max-body-mb", min=0.01, help="Request body cap in MiB."),
           otlp: Optional[str] = typer.Option(None, "--otlp-endpoint", envvar="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", show_envvar=False,
                                              help="OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces.")):
     "Serve POST /v1/predict, /health, /ready and /metrics in front of the cascade."
     from stage1_cascade.serve.miner import MinerLimits, open_service, read_key, serve
     limits = MinerLimits(max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_concurrency=max_concurrency,
-                         max_body_bytes=int(max_body_mb * 2**20))
+                         max_queue_wait_s=max_queue_wait, max_body_bytes=int(max_body_mb * 2**20))
     svc = open_service(routing, get_settings(), stage1_only, limits, read_key(key_file), host, otlp_endpoint=otlp)
     serve(svc, host, port, announce=lambda s: (typer.echo(s), sys.stdout.flush()))
 
