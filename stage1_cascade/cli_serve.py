@@ -1,4 +1,4 @@
-"""`fleet`, `validate`, `axon`, `model-card` and `monitor`: thin wrappers over the serving layer
+"""`fleet`, `validate`, `axon`, `model-card`, `monitor`, `miner` and `loadtest`: thin wrappers over the serving layer
 (notebooks 11-14), kept in their own Typer app that `cli` (notebook 99) adds to
 `stage1-cascade` after the cascade's verbs.
 
@@ -27,7 +27,7 @@ serve_app = _Typer(name="stage1-cascade", no_args_is_help=True, add_completion=F
 
 # %% auto #0
 __all__ = ['serve_app', 'fleet_app', 'GATE_EXIT', 'fleet_table', 'fleet_up', 'fleet_status', 'fleet_down', 'fleet_smoke',
-           'validate_target', 'validate', 'axon', 'model_card_cmd', 'monitor']
+           'validate_target', 'validate', 'axon', 'model_card_cmd', 'monitor', 'miner', 'loadtest']
 
 # %% ../nbs/98a_cli_serve.ipynb #a3cb13d4
 fleet_app = _Typer(name="fleet", no_args_is_help=True, add_completion=False, cls=_Group,
@@ -227,3 +227,45 @@ def monitor(out: Path = typer.Option(..., "--out", help="Folder for prometheus.y
         _m.check_monitoring(files); typer.echo("promtool: the config and the rules are valid")
     elif check: typer.echo("promtool is not installed: not checked (apt-get install -y prometheus)")
     typer.echo(f"run: prometheus --config.file={files['config']}")
+
+# %% ../nbs/98a_cli_serve.ipynb #d06e3b48
+@serve_app.command()
+def miner(host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (beyond loopback a key is required)."),
+          port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: a free one, printed); the axon (8091) forwards to 8000 by default."),
+          routing: Optional[Path] = typer.Option(None, "--routing", help="A routing YAML (default: the shipped cascade)."),
+          stage1_only: bool = typer.Option(False, "--stage1-only", help="Answer from Stage 1 alone (declared on /ready)."),
+          key_file: Optional[Path] = typer.Option(None, "--key-file", help="File whose first line is the bearer key (else S1C_MINER_KEY)."),
+          max_batch: int = typer.Option(16, "--max-batch", min=1, help="Images per Stage-1 forward pass."),
+          batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", min=0, max=1000, help="Wait for more images after the first."),
+          max_concurrency: int = typer.Option(32, "--max-concurrency", min=1, help="Requests routed through the cascade at once."),
+          max_queue_wait: float = typer.Option(2.0, "--max-queue-wait", min=0, help="Seconds a request waits for a slot before Stage 1 answers."),
+          max_body_mb: float = typer.Option(8.0, "--max-body-mb", min=0.01, help="Request body cap in MiB."),
+          otlp: Optional[str] = typer.Option(None, "--otlp-endpoint", envvar="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", show_envvar=False,
+                                             help="OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces.")):
+    "Serve POST /v1/predict, /health, /ready and /metrics in front of the cascade."
+    from stage1_cascade.serve.miner import MinerLimits, open_service, read_key, serve
+    limits = MinerLimits(max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_concurrency=max_concurrency,
+                         max_queue_wait_s=max_queue_wait, max_body_bytes=int(max_body_mb * 2**20))
+    svc = open_service(routing, get_settings(), stage1_only, limits, read_key(key_file), host, otlp_endpoint=otlp)
+    serve(svc, host, port, announce=lambda s: (typer.echo(s), sys.stdout.flush()))
+
+@serve_app.command()
+def loadtest(url: str = typer.Option(..., "--url", help="The miner's root URL, e.g. http://127.0.0.1:8000."),
+             rate: float = typer.Option(20.0, "--rate", min=0, help="Requests per second (open loop)."),
+             duration: float = typer.Option(60.0, "--duration", min=0, help="Seconds of the rate phase."),
+             burst: int = typer.Option(0, "--burst", min=0, help="Then this many requests at once."),
+             kill: Optional[str] = typer.Option(None, "--kill", help="A VLM tier to kill (fast, power, precision)."),
+             slow: Optional[str] = typer.Option(None, "--slow", help="A VLM tier to slow past the deadline."),
+             kill_at: Optional[float] = typer.Option(None, "--kill-at", min=0, help="Seconds in (default: a third of --duration)."),
+             slow_at: Optional[float] = typer.Option(None, "--slow-at", min=0, help="Seconds in (default: two thirds)."),
+             slow_latency: float = typer.Option(12.0, "--slow-latency", min=0, help="Seconds the slowed tier takes."),
+             fleet: Optional[Path] = typer.Option(None, "--fleet", help="The fleet's state folder (`fleet up`), for --kill/--slow."),
+             key: Optional[str] = typer.Option(None, "--key", envvar="S1C_MINER_KEY", show_envvar=False, help="The miner's bearer key."),
+             deadline: float = typer.Option(9.0, "--deadline", min=0.1, help="The validator's wait (s)."),
+             max_requests: int = typer.Option(20000, "--max-requests", min=1, max=100000, help="The most requests in all.")):
+    "Drive a running miner at a rate (and a burst) with faults; print one JSON object; exit 1 on any invalid, late or lost answer."
+    from stage1_cascade.serve.loadtest import FleetFaults, loadtest as _load
+    res = _load(url, rate, duration, burst, kill, slow, kill_at, slow_at, slow_latency, FleetFaults(fleet) if fleet else None,
+                key, deadline, max_requests=max_requests)
+    typer.echo(json.dumps(res))
+    if res["invalid_answers"] or res["deadline_misses"] or res["lost"]: raise typer.Exit(1)

@@ -2,10 +2,9 @@
 Prometheus server on loopback scrapes the miner, the stand-in vLLM servers and the fleet's control API.
 
 Prometheus and promtool come from Debian's `prometheus` package, which `.ci/run` installs. Outside CI
-the tests that need them skip and say so; in CI (`CI` set) their absence fails. Until the miner service
-(`serve.metrics`, issue 10) is merged, `StandinMinerMetrics` stands in for the miner's /metrics with
-the contract's names; the fleet's control API is the real `control_app`, over a stub supervisor that
-only reports rows (no process is supervised here)."""
+the tests that need them skip and say so; in CI (`CI` set) their absence fails. The miner is the real
+service (`serve.miner`, Stage 1 only, answering real requests); the fleet's control API is the real
+`control_app`, over a stub supervisor that only reports rows (no process is supervised here)."""
 import os, re, shutil, socket, subprocess, threading, time
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from stage1_cascade.serve.monitor import (JOBS, MonitorError, PrometheusServer, StandinMinerMetrics, alert_rules,
+from stage1_cascade.serve.monitor import (JOBS, MonitorError, PrometheusServer, alert_rules,
                                           check_monitoring, dashboard_queries, grafana_dashboard, promtool,
                                           scrape_targets, write_monitoring)
 from stage1_cascade.serve.registry import ModelEntry, Registry
@@ -124,8 +123,13 @@ def _values(prom, expr) -> dict:
 def test_a_real_prometheus_scrapes_the_miner_the_standins_and_the_fleet(tmp_path, prom_tools):
     from PIL import Image
     from stage1_cascade.standin.server import StandinFleet
-    miner = StandinMinerMetrics()
-    for s in (0.3, 0.8, 2.5): miner.record(s)
+    import base64, httpx
+    from stage1_cascade.detect import default_stage1
+    from stage1_cascade.scenes import synthetic_samples
+    from stage1_cascade.serve.miner import MinerServer, MinerService
+    miner = MinerServer(MinerService(default_stage1())).start()   # the real miner service, Stage 1 only
+    for smp in synthetic_samples(3, seed=4200):
+        httpx.post(f"{miner.url}/v1/predict", json={"image": base64.b64encode(smp.image).decode()}, timeout=60).raise_for_status()
     with StandinFleet({"fast": "orange", "power": "orange"}) as fleet:
         reg = Registry([ModelEntry(f"standin-{t}", t, u, f"standin-{t}") for t, u in fleet.urls.items()])
         rows = [{"model": m.model, "tier": m.tier, "state": "healthy", "restarts": 0, "wakes_s": []} for m in reg.models]
@@ -133,7 +137,7 @@ def test_a_real_prometheus_scrapes_the_miner_the_standins_and_the_fleet(tmp_path
         with _ControlAPI(rows) as control_url:
             reg.control_url = control_url
             try:
-                targets = scrape_targets(miner.start(), registry=reg)
+                targets = scrape_targets(miner.url, registry=reg)
                 files = write_monitoring(tmp_path/"monitoring", targets, scrape_interval="1s")
                 assert "SUCCESS" in check_monitoring(files)["config"]
                 with PrometheusServer(files["config"]) as prom:
@@ -142,7 +146,8 @@ def test_a_real_prometheus_scrapes_the_miner_the_standins_and_the_fleet(tmp_path
                     assert sorted(t["labels"]["job"] for t in seen) == sorted([JOBS["miner"], JOBS["fleet"], JOBS["vllm"], JOBS["vllm"]])
 
                     # the miner's series, the stand-ins' vLLM series labelled by model and tier, the fleet's state
-                    assert {dict(k)["outcome"]: v for k, v in _values(prom, "stage1_miner_requests_total").items()} == {"answered": 3.0}
+                    outcomes = {dict(k)["outcome"]: v for k, v in _values(prom, "stage1_miner_requests_total").items()}
+                    assert sum(outcomes.values()) == 3.0 and outcomes.get("error", 0) == outcomes.get("invalid_input", 0) == 0, outcomes
                     e2e = {(dict(k)["tier"], dict(k)["model"]): v for k, v in _values(prom, "vllm:e2e_request_latency_seconds_count").items()}
                     assert e2e == {("fast", "standin-fast"): 1.0, ("power", "standin-power"): 1.0}
                     assert {dict(k).get("model") for k in _values(prom, f'{{job="{JOBS["fleet"]}", model!=""}}')} == {"standin-fast", "standin-power"}
@@ -152,7 +157,9 @@ def test_a_real_prometheus_scrapes_the_miner_the_standins_and_the_fleet(tmp_path
                     assert prom.query('sum(stage1_miner_invalid_answers_total)')[0]["value"][1] == "0"
 
                     # every rule loads and evaluates; a late answer makes Stage1DeadlineMisses fire
-                    miner.record(9.7)
+                    # a late answer, recorded in the miner's own histogram (making the miner take 9.7 s is the
+                    # load test's job, with a slowed tier): Stage1DeadlineMisses fires
+                    miner.service.metrics.request_latency.observe(9.7)
                     firing = lambda p: [a for a in p.api("alerts")["alerts"] if a["labels"]["alertname"] == "Stage1DeadlineMisses" and a["state"] == "firing"]
                     prom.wait_until(firing, timeout_s=120, what="Stage1DeadlineMisses firing")
                     rules = prom.api("rules")["groups"][0]["rules"]

@@ -1,12 +1,13 @@
 """The shadow validator over a real transport, and its files checked against an independent replay.
 
-The HTTP miner below is a real FastAPI app served by uvicorn on a loopback port. It implements the
-miner contract that issue 10's miner service will ship (`POST /v1/predict` with
-`{"image": "<base64 JPEG>"}` answers `{"prediction": p, ...}`, `Authorization: Bearer KEY`) around
-the shipped cascade: it STANDS IN for the issue-10 miner until that service lands. The rewards in
-`rounds.jsonl` are replayed with the project's scikit-learn reference of the validator's tracker
-(`tests/test_round_rewards.py`), which shares no code with `scoring`."""
-import asyncio, json, math, socket, threading, time
+The HTTP miner below is the project's miner service (issue 10) as a user runs it: `stage1-cascade
+miner --port 0` in its own process, with the shipped Stage 1 and routing and stand-in VLM servers
+(cpu mode), a bearer key, and its traces exported over OTLP to a small receiver on loopback (the
+only simulated part: a collector that decodes the protobuf with OpenTelemetry's own classes), so
+the test can check which images the service answered. The rewards in `rounds.jsonl` are replayed
+with the project's scikit-learn reference of the validator's tracker (`tests/test_round_rewards.py`),
+which shares no code with `scoring`."""
+import hashlib, http.server, json, math, os, re, subprocess, sys, threading, time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,6 @@ import pytest
 from typer.testing import CliRunner
 
 from stage1_cascade.cli import GATE_EXIT, app
-from stage1_cascade.core import get_settings
 from stage1_cascade.validator import (FunctionMiner, LocalMiner, challenge_stream, round_draw, run_validation,
                                       stream_digest)
 from test_round_rewards import _reference_rewards
@@ -22,42 +22,53 @@ from test_round_rewards import _reference_rewards
 KEY = "s3cret-miner-key-0042"
 
 
-def miner_app(miner, key: str):
-    "The issue-10 miner contract around `miner` (called as miner(image_b64, timeout_s)); records what it was sent."
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-    app_, seen = FastAPI(), []
-
-    @app_.post("/v1/predict")
-    async def predict(request: Request):
-        if request.headers.get("authorization") != f"Bearer {key}":
-            return JSONResponse({"detail": "missing or wrong bearer key"}, status_code=401)
-        image = (await request.json())["image"]
-        seen.append(image)
-        try: p = await asyncio.to_thread(miner, image, 9.0)  # the cascade blocks: off the event loop
-        except Exception as e: return JSONResponse({"detail": f"{type(e).__name__}: {e}"}, status_code=400)
-        return {"prediction": p}
-    return app_, seen
+class _Collector(http.server.BaseHTTPRequestHandler):
+    "An OTLP/HTTP traces receiver: keeps each `miner.predict` span's image hash."
+    seen: list = []
+    def do_POST(self):
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        req = ExportTraceServiceRequest.FromString(self.rfile.read(int(self.headers["Content-Length"])))
+        for rs in req.resource_spans:
+            for ss in rs.scope_spans:
+                for sp in ss.spans:
+                    attrs = {a.key: a.value.string_value for a in sp.attributes}
+                    if sp.name == "miner.predict": self.seen.append(attrs.get("image_b64_sha256"))
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
 
 
 @pytest.fixture(scope="module")
-def http_miner():
-    "(url, images received) of the stand-in miner service around the shipped cascade, on a free loopback port."
-    import uvicorn
-    cascade = LocalMiner("cascade", get_settings(vlm_timeout_s=8.0))   # VLM waits up to the cascade's own deadline
-    app_, seen = miner_app(cascade, KEY)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); sock.bind(("127.0.0.1", 0)); sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app_, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="stand-in-miner")
-    thread.start()
-    t0 = time.monotonic()
-    while not server.started:   # generous: only catches a server that never starts
-        assert thread.is_alive() and time.monotonic() - t0 < 120, "the stand-in miner did not start"
-        time.sleep(0.05)
-    try: yield f"http://127.0.0.1:{sock.getsockname()[1]}", seen
+def http_miner(tmp_path_factory):
+    "(url, sha256 of each base64 image the miner answered, as its traces report them) of `stage1-cascade miner`."
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True, name="otlp-receiver").start()
+    log = tmp_path_factory.mktemp("miner")/"miner.log"
+    env = {**os.environ, "S1C_MINER_KEY": KEY, "S1C_VLM_TIMEOUT_S": "8", "S1C_MODE": "cpu", "NO_COLOR": "1"}
+    env.pop("S1C_REGISTRY", None)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", "from stage1_cascade.cli import main; main()", "miner", "--port", "0",
+                                 "--otlp-endpoint", f"http://127.0.0.1:{collector.server_address[1]}/v1/traces"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        t0, url = time.monotonic(), None
+        while url is None:   # generous: only catches a miner that never starts
+            assert proc.poll() is None and time.monotonic() - t0 < 180, f"the miner did not start: {log.read_text()[-2000:]}"
+            m = re.search(r"miner listening on (http://\S+)", log.read_text())
+            url = m and m.group(1)
+            time.sleep(0.1)
+        yield url, _Collector.seen
     finally:
-        server.should_exit = True; thread.join(30); sock.close(); cascade.close()
+        proc.terminate()
+        try: proc.wait(60)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait(30)
+        collector.shutdown(); collector.server_close()
+
+
+def _spans_for(seen: list, n: int, timeout_s: float = 60.0) -> list:
+    "Wait until `n` request spans arrived (the exporter sends in batches, every few seconds)."
+    t0 = time.monotonic()
+    while len(seen) < n and time.monotonic() - t0 < timeout_s: time.sleep(0.2)
+    return list(seen)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -65,17 +76,19 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_http_miner_scores_as_the_cascade_in_process(http_miner, tmp_path):
-    "`--compare local:cascade URL`: the miner service receives exactly the stream's JPEGs and scores like the cascade here."
+    "`--compare local:cascade URL`: the miner service answers exactly the stream's JPEGs and scores like the cascade here."
     url, seen = http_miner
     seen.clear()
     out, n = tmp_path/"run", 30
     r = CliRunner().invoke(app, ["validate", "--compare", "local:cascade", url, "--rounds", str(n), "--seed", "3",
                                  "--out", str(out), "--no-progress"], env={"S1C_MINER_KEY": KEY, "S1C_VLM_TIMEOUT_S": "8"})
     assert r.exit_code == 0, r.output + repr(r.exception)
-    assert seen == [c.image for c in challenge_stream(n, seed=3)]   # what a validator with seed 3 sends, byte for byte
+    want = [hashlib.sha256(c.image.encode()).hexdigest() for c in challenge_stream(n, seed=3)]
+    assert _spans_for(seen, n) == want   # what a validator with seed 3 sends, in order, as the miner's own traces saw it
     local, remote = _rows(out/"local-cascade"/"rounds.jsonl"), _rows(out/f"http-127.0.0.1-{url.rsplit(':', 1)[1]}"/"rounds.jsonl")
     assert [x["status"] for x in remote] == ["ok"] * n
-    assert [x["answer"] for x in remote] == [x["answer"] for x in local]   # same models, same images: same answers
+    # same models, same images: the same answers (the service batches Stage 1, which may move the last float digits)
+    assert np.allclose([x["answer"] for x in remote], [x["answer"] for x in local], rtol=0, atol=1e-5)
     assert [x["reward"] for x in remote] == [x["reward"] for x in local]
     cmp = json.loads((out/"compare.json").read_text())
     assert (cmp["compare"]["difference"], cmp["compare"]["low"], cmp["compare"]["high"]) == (0.0, 0.0, 0.0)

@@ -453,8 +453,10 @@ def fleet_metrics(rows:list[dict])->str:
     L = ["# HELP stage1_fleet_server_state 1 for the state each server is in.", "# TYPE stage1_fleet_server_state gauge"]
     for r in rows:
         L += [f'stage1_fleet_server_state{{model="{r["model"]}",tier="{r["tier"]}",state="{s}"}} {int(r["state"] == s)}' for s in MODEL_STATES]
-    L += ["# HELP stage1_fleet_restarts_total Restarts of each server.", "# TYPE stage1_fleet_restarts_total counter"]
-    L += [f'stage1_fleet_restarts_total{{model="{r["model"]}"}} {r["restarts"]}' for r in rows]
+    L += ["# HELP stage1_fleet_server_up 1 when the server is healthy, else 0.", "# TYPE stage1_fleet_server_up gauge"]
+    L += [f'stage1_fleet_server_up{{model="{r["model"]}",tier="{r["tier"]}"}} {int(r["state"] == "healthy")}' for r in rows]
+    L += ["# HELP stage1_fleet_server_restarts_total Restarts of each server.", "# TYPE stage1_fleet_server_restarts_total counter"]
+    L += [f'stage1_fleet_server_restarts_total{{model="{r["model"]}",tier="{r["tier"]}"}} {r["restarts"]}' for r in rows]
     L += ["# HELP stage1_fleet_wakes_total Wakes of each server.", "# TYPE stage1_fleet_wakes_total counter"]
     L += [f'stage1_fleet_wakes_total{{model="{r["model"]}"}} {len(r["wakes_s"])}' for r in rows]
     L += ["# HELP stage1_fleet_wake_seconds_sum Seconds spent waking each server (measured).", "# TYPE stage1_fleet_wake_seconds_sum counter"]

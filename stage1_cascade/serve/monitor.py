@@ -23,6 +23,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 from ..core import S1CError, atomic_write_json, atomic_write_text, get_settings
+from .metrics import METRICS
 from .registry import Registry
 
 # %% auto #0
@@ -34,23 +35,8 @@ __all__ = ['MINER_METRICS', 'VLLM_METRICS', 'JOBS', 'DASHBOARD_PANELS', 'MONITOR
 class MonitorError(S1CError):
     "A monitoring file that cannot be rendered, a Prometheus tool that is missing or refuses, or a server that does not come up."
 
-MINER_METRICS = {
-    "stage1_miner_requests_total": ("counter", ("outcome",)),
-    "stage1_miner_answers_total": ("counter", ("tier",)),
-    "stage1_miner_vlm_calls_total": ("counter", ()),
-    "stage1_miner_vlm_calls_per_image": ("histogram", ()),
-    "stage1_miner_deadline_hits_total": ("counter", ()),
-    "stage1_miner_fallbacks_total": ("counter", ("reason",)),
-    "stage1_miner_tier_latency_seconds": ("histogram", ("tier",)),
-    "stage1_miner_request_latency_seconds": ("histogram", ()),
-    "stage1_miner_batch_size": ("histogram", ()),
-    "stage1_miner_queue_depth": ("gauge", ()),
-    "stage1_miner_invalid_inputs_total": ("counter", ("reason",)),
-    "stage1_miner_invalid_answers_total": ("counter", ()),
-    "stage1_fleet_server_up": ("gauge", ("model", "tier")),
-    "stage1_fleet_server_restarts_total": ("counter", ("model", "tier")),
-}
-"The miner's metric families as issue 10's contract names them: name -> (type, labels)."
+MINER_METRICS = {name: (kind, labels) for name, kind, labels, _ in METRICS}
+"The miner's metric families, read from `serve.metrics` (notebook 12, the one list the miner exposes): name -> (type, labels)."
 
 VLLM_METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
                 "vllm:e2e_request_latency_seconds", "vllm:time_to_first_token_seconds")
