@@ -401,6 +401,6 @@ def validate_rendered(out_dir:str|Path)->dict[str, str]:
     cfg = check_compose(out/"compose.yaml", profiles)
     v = {"compose.yaml": f"docker-compose config: valid ({len(cfg['services'])} services)"}
     for f in ("Dockerfile.cpu", "Dockerfile.gpu"): v[f] = "hadolint: " + check_dockerfile(out/f)
-    v |= {f"prometheus/{k}": "promtool: " + t.splitlines()[0] for k, t in
+    v |= {f"prometheus/{MONITOR_FILES[k]}": "promtool: " + "; ".join(l.strip().replace(f"{out}/prometheus/", "") for l in t.splitlines() if "SUCCESS" in l) for k, t in
           check_monitoring({"config": out/"prometheus"/MONITOR_FILES["config"], "rules": out/"prometheus"/MONITOR_FILES["rules"]}).items()}
     return v
