@@ -282,7 +282,7 @@ def deploy_render(plan: Path = typer.Option(..., "--plan", help="Plan folder (st
                   out: Path = typer.Option(..., "--out", help="Folder for the rendered files (new or empty)."),
                   mode: str = typer.Option("gpu", "--mode", help="gpu (vLLM servers) or cpu (the fleet's stand-ins)."),
                   hosts: Optional[str] = typer.Option(None, "--hosts", help="Hosts, e.g. 2x(2xH100-80GB); default: one."),
-                  addresses: Optional[str] = typer.Option(None, "--addresses", help="Each host's address, host 0 first: A,B,..."),
+                  addresses: Optional[str] = typer.Option(None, "--addresses", help="Hosts' addresses on their network: A,B,...; host 0 first."),
                   vllm_image: Optional[str] = typer.Option(None, "--vllm-image", help="vLLM's image (default: the pinned tag)."),
                   force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
                   check: bool = typer.Option(True, "--check/--no-check", help="Run docker-compose, hadolint, promtool.")):

@@ -72,6 +72,7 @@ class Server:
     served_name: str = ""
     fraction: float|None = None   # the plan's --gpu-memory-utilization
     ray_hosts: list = field(default_factory=list)  # with pipeline parallelism: every host of the Ray cluster, head first
+    ray_address: str = ""     # the head host's address on the hosts' network (Ray's head listens there)
     @property
     def url(self)->str: return f"http://{self.address}:{self.port}"
     @property
@@ -108,7 +109,7 @@ def servers(plan:MemoryPlan, hosts:list[list[GPU]], addresses:Sequence[str], par
         check_secure(argv, {**env, "VLLM_API_KEY": "set at start"}, allow_remote=h != 0)
         out.append(Server(p.model, p.tier, h, list(range(j, j + tp)), sc.host, sc.port, argv, env, p.status == "sleeping",
                           p.sleep_level, sc.served_model_name, p.gpu_memory_utilization,
-                          list(range(h, h + pp)) if pp > 1 else []))
+                          list(range(h, h + pp)) if pp > 1 else [], addresses[h] if pp > 1 else ""))
     if not out: raise RenderError("the plan has no resident or sleeping VLM: nothing to deploy")
     return out
 
@@ -179,9 +180,9 @@ def server_service(s:Server, images:Images, profile:str|None, after:str|None)->d
            "healthcheck": _health(s.port)}
     if s.sleeps: svc |= {"entrypoint": _sleep_after_start(s)}
     elif s.ray_hosts: svc |= {"entrypoint": ["/bin/bash", "-c",
-                                             f"ray start --head --port={RAY_PORT} --node-ip-address={s.address} && exec {shlex.join(s.argv)}"]}
+                                             f"ray start --head --port={RAY_PORT} --node-ip-address={s.ray_address} && exec {shlex.join(s.argv)}"]}
     else: svc |= {"entrypoint": s.argv[:2], "command": s.argv[2:]}
-    if s.ray_hosts: svc["environment"]["VLLM_HOST_IP"] = s.address
+    if s.ray_hosts: svc["environment"]["VLLM_HOST_IP"] = s.ray_address
     if profile: svc["profiles"] = [profile]
     if after: svc["depends_on"] = {after: {"condition": "service_healthy"}}
     return svc
@@ -189,7 +190,7 @@ def server_service(s:Server, images:Images, profile:str|None, after:str|None)->d
 def ray_worker(s:Server, host:int, address:str, images:Images, profile:str)->dict:
     "A Ray worker on another host for a server split by pipeline parallelism (vLLM's multi-node serving)."
     return {"image": images.vllm, "network_mode": "host", "ipc": "host", "restart": "unless-stopped",
-            "entrypoint": ["ray", "start", "--block", f"--address={s.address}:{RAY_PORT}", f"--node-ip-address={address}"],
+            "entrypoint": ["ray", "start", "--block", f"--address={s.ray_address}:{RAY_PORT}", f"--node-ip-address={address}"],
             "environment": {"VLLM_HOST_IP": address},
             "volumes": ["${HF_HOME:-~/.cache/huggingface}:/root/.cache/huggingface", "./checkpoints:/deploy/checkpoints:ro"],
             "deploy": {"resources": {"reservations": {"devices": [
@@ -267,7 +268,7 @@ def listen_addresses(compose:dict)->dict[str, str]:
         for a, p in _BIND:
             if m := a.search(text):
                 out[name] = f"{m.group(1)}:{m.group(2)}" if p is None and m.lastindex == 2 else \
-                            (f"{m.group(1)}:{pm.group(1)}" if p and (pm := p.search(text)) else m.group(1))
+                            (f"{m.group(1)}:{pm.group(1)}" if p and (pm := p.search(text, m.end())) else m.group(1))  # the port after the address
                 break
         else: out[name] = "127.0.0.1" if "fleet" in svc.get("command", []) else "?"
     return out
@@ -319,7 +320,7 @@ def render(plan_dir:str|Path, # a plan folder (plan.json; serve.sh copied when p
            out_dir:str|Path, # the rendered folder (new or empty, unless force)
            mode:str="gpu", # 'gpu': vLLM servers in compose; 'cpu': the fleet's stand-ins (a rehearsal)
            hosts:str|None=None, # e.g. '2x(2xH100-80GB)'; default: one host with the plan's GPUs
-           addresses:Sequence[str]|None=None, # each host's address as the miner's host reaches it (host 0 first)
+           addresses:Sequence[str]|None=None, # each host's address on the hosts' network, host 0 (the miner's) first
            images:Images|None=None,
            ports:dict|None=None, # overrides of PORTS
            root:str="/opt/stage1/current", # where a release lives on a host (systemd units)
@@ -332,7 +333,7 @@ def render(plan_dir:str|Path, # a plan folder (plan.json; serve.sh copied when p
     raw = json.loads((plan_dir/"plan.json").read_text())
     hs = parse_hosts(hosts) if hosts else [list(p.gpus)]
     if addresses is None:
-        if len(hs) > 1: raise RenderError(f"{len(hs)} hosts: give each host's address (--addresses 127.0.0.1,10.0.0.2,...), host 0 first")
+        if len(hs) > 1: raise RenderError(f"{len(hs)} hosts: give each host's address on their network (--addresses 10.0.0.1,10.0.0.2,...), host 0 (the miner's) first")
         addresses = ["127.0.0.1"]
     addresses = list(addresses)
     if mode == "cpu" and len(hs) > 1: raise RenderError("the cpu profile (stand-ins) runs on one host: render several hosts in gpu mode")
