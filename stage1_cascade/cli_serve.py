@@ -296,5 +296,5 @@ def deploy_render(plan: Path = typer.Option(..., "--plan", help="Plan folder (st
     missing = [t for t in ("docker-compose", "hadolint", "promtool") if not find_tool(t)]
     if check and missing: typer.echo(_fill("not checked: " + ", ".join(missing) + " missing (docs/deploy-files.md)"))
     elif check:
-        for f, v in validate_rendered(out).items(): typer.echo(fit_parts([f"{f}:", *v.split("; ")], sep=" "))
+        for f, v in validate_rendered(out).items(): typer.echo(_fill(f"{f}: {v}"))
     typer.echo(_fill("no image was built here: build them on the host (docker-compose build)"))

@@ -82,7 +82,9 @@ def test_the_registry_lists_every_server_and_its_sleepers(one_host):
 @needs_tools
 def test_one_host_passes_the_three_validators(one_host):
     v = validate_rendered(one_host[2])
-    assert set(v) == {"compose.yaml", "Dockerfile.cpu", "Dockerfile.gpu", "prometheus/prometheus.yml", "prometheus/stage1_alerts.yml"}
+    assert set(v) == {"compose.yaml", "Dockerfile.cpu", "Dockerfile.gpu", "prometheus/prometheus.yml", "prometheus/stage1_alerts.yml",
+                      "vllm serve"}
+    assert v["vllm serve"].split(": ", 1)[1].startswith(f"{len(one_host[1]['servers'])} commands valid")
     assert v["Dockerfile.gpu"] == "hadolint: no findings" and "valid" in v["compose.yaml"]
 
 

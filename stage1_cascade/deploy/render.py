@@ -20,7 +20,8 @@ from .. import __version__
 from ..core import S1CError, atomic_write_json, atomic_write_text
 from ..plan.facts import GPU, STAGE1_TIERS, parse_gpus
 from ..plan.placement import MemoryPlan
-from ..serve.args import VLLM_SERVE_SCHEMA, check_secure, is_loopback, serve_args, serve_env, stack_configs, validate_serve_args
+from ..serve.args import (VLLM_SERVE_SCHEMA, check_secure, is_loopback, serve_args, serve_env, stack_configs,
+                                       validate_serve_args, validate_with_vllm, vllm_python)
 from ..serve.fleet import load_plan
 from ..serve.monitor import MONITOR_FILES, check_monitoring, scrape_targets, write_monitoring
 from ..serve.registry import ModelEntry, Registry
@@ -360,7 +361,7 @@ def render(plan_dir:str|Path, # a plan folder (plan.json; serve.sh copied when p
         if (plan_dir/f).exists(): written[f"plan/{f}"] = atomic_write_text(out/"plan"/f, (plan_dir/f).read_text())
     meta = {"format": RENDER_FORMAT, "version": __version__, "plan": str(plan_dir.resolve()), "plan_sha256": _sha(plan_dir/"plan.json"),
             "mode": mode, "hosts": hosts, "addresses": addresses, "images": asdict(images), "ports": ports, "root": root,
-            "servers": [s.service for s in srvs], "files": {k: _sha(v) for k, v in sorted(written.items())},
+            "servers": [s.service for s in srvs], "commands": {s.service: s.argv for s in srvs}, "files": {k: _sha(v) for k, v in sorted(written.items())},
             "not_built": "no image is built by render: `docker compose build` on the host (no registry is reachable where it is tested)"}
     atomic_write_json(out/"render.json", meta)
     return meta
@@ -404,4 +405,11 @@ def validate_rendered(out_dir:str|Path)->dict[str, str]:
     for f in ("Dockerfile.cpu", "Dockerfile.gpu"): v[f] = "hadolint: " + check_dockerfile(out/f)
     v |= {f"prometheus/{MONITOR_FILES[k]}": "promtool: " + "; ".join(l.strip().replace(f"{out}/prometheus/", "") for l in t.splitlines() if "SUCCESS" in l) for k, t in
           check_monitoring({"config": out/"prometheus"/MONITOR_FILES["config"], "rules": out/"prometheus"/MONITOR_FILES["rules"]}).items()}
+    cmds = meta["commands"]
+    for a in cmds.values(): validate_serve_args(a, SERVE_SCHEMA)
+    if vllm_python():  # vLLM's own parser, where a vLLM environment is at hand (a GPU host; S1C_VLLM_PYTHON)
+        bad = {k: r for k, r in zip(cmds, validate_with_vllm(list(cmds.values()))) if not r["ok"]}
+        if bad: raise RenderError(f"vLLM's parser refused: {bad}")
+        v["vllm serve"] = f"vLLM's parser: {len(cmds)} commands valid"
+    else: v["vllm serve"] = f"schema: {len(cmds)} commands valid (no vLLM environment here for vLLM's parser: S1C_VLLM_PYTHON)"
     return v
