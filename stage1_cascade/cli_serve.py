@@ -26,8 +26,9 @@ serve_app = _Typer(name="stage1-cascade", no_args_is_help=True, add_completion=F
                    help="The serving verbs; `cli` adds them to the `stage1-cascade` app.")
 
 # %% auto #0
-__all__ = ['serve_app', 'fleet_app', 'GATE_EXIT', 'fleet_table', 'fleet_up', 'fleet_status', 'fleet_down', 'fleet_smoke',
-           'validate_target', 'validate', 'axon', 'model_card_cmd', 'monitor', 'miner', 'loadtest']
+__all__ = ['serve_app', 'fleet_app', 'GATE_EXIT', 'deploy_app', 'fleet_table', 'fleet_up', 'fleet_status', 'fleet_down',
+           'fleet_smoke', 'validate_target', 'validate', 'axon', 'model_card_cmd', 'monitor', 'miner', 'loadtest',
+           'deploy_render']
 
 # %% ../nbs/98a_cli_serve.ipynb #a3cb13d4
 fleet_app = _Typer(name="fleet", no_args_is_help=True, add_completion=False, cls=_Group,
@@ -269,3 +270,31 @@ def loadtest(url: str = typer.Option(..., "--url", help="The miner's root URL, e
                 key, deadline, max_requests=max_requests)
     typer.echo(json.dumps(res))
     if res["invalid_answers"] or res["deadline_misses"] or res["lost"]: raise typer.Exit(1)
+
+# %% ../nbs/98a_cli_serve.ipynb #d6c4b271
+deploy_app = _Typer(name="deploy", no_args_is_help=True, add_completion=False, cls=_Group,
+                    help="Deploy a plan: render its files (and ship them to hosts).")
+serve_app.add_typer(deploy_app, name="deploy")
+
+# %% ../nbs/98a_cli_serve.ipynb #1867871c
+@deploy_app.command("render")
+def deploy_render(plan: Path = typer.Option(..., "--plan", help="Plan folder (stage1-cascade plan --out DIR)."),
+                  out: Path = typer.Option(..., "--out", help="Folder for the rendered files (new or empty)."),
+                  mode: str = typer.Option("gpu", "--mode", help="gpu (vLLM servers) or cpu (the fleet's stand-ins)."),
+                  hosts: Optional[str] = typer.Option(None, "--hosts", help="Hosts, e.g. 2x(2xH100-80GB); default: one."),
+                  addresses: Optional[str] = typer.Option(None, "--addresses", help="Hosts' addresses on their network: A,B,...; host 0 first."),
+                  vllm_image: Optional[str] = typer.Option(None, "--vllm-image", help="vLLM's image (default: the pinned tag)."),
+                  root: str = typer.Option("/opt/stage1/current", "--root", help="The release folder on a host (systemd units)."),
+                  force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
+                  check: bool = typer.Option(True, "--check/--no-check", help="Run docker-compose, hadolint, promtool.")):
+    "Render compose.yaml, Dockerfiles, Prometheus, Grafana, systemd units and the registry; check them offline."
+    from stage1_cascade.deploy.render import Images, find_tool, render, validate_rendered
+    imgs = Images(vllm=vllm_image) if vllm_image else None
+    meta = render(plan, out, mode, hosts, addresses.split(",") if addresses else None, imgs, root=root, force=force)
+    typer.echo(fit_parts([f"wrote {out}: {len(meta['files'])} files", f"{len(meta['servers'])} model servers ({mode})",
+                          f"{len(meta['addresses'])} host(s)"]))
+    missing = [t for t in ("docker-compose", "hadolint", "promtool") if not find_tool(t)]
+    if check and missing: typer.echo(_fill("not checked: " + ", ".join(missing) + " missing (docs/deploy-files.md)"))
+    elif check:
+        for f, v in validate_rendered(out).items(): typer.echo(_fill(f"{f}: {v}"))
+    typer.echo(_fill("no image was built here: build them on the host (docker-compose build)"))
