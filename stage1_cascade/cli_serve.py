@@ -300,16 +300,20 @@ def deploy_ssh(host: str = _HOST_OPT, port: Optional[int] = _SSH_PORT_OPT, key: 
                rounds: int = typer.Option(200, "--rounds", min=1, help="Shadow-validator challenges."),
                health_timeout: float = typer.Option(900.0, "--health-timeout", min=0.0, help="Seconds the new miner may take to be healthy."),
                install: str = typer.Option("bash tools/setup.sh", "--install", help="Run in the release's source tree to create its environment."),
+               env: list[str] = typer.Option([], "--env", help="KEY=VALUE for every command on the host (repeat), e.g. S1C_VLLM_PYTHON=/opt/vllm/bin/python."),
                repo: Path = typer.Option(Path("."), "--repo", help="The project checkout to ship (its working tree)."),
                out: Optional[Path] = typer.Option(None, "--out", help="Local run folder for the validator's figures (default: a new one under runs/)."),
                dry_run: bool = typer.Option(False, "--dry-run", help="Print every file and command; contact nobody.")):
     "Send a release to a host, start it beside the current one, gate it (health, validator), then switch and stop the old."
     from stage1_cascade.deploy.ssh import ship
+    bad = [e for e in env if "=" not in e or not e.split("=", 1)[0].isidentifier()]
+    if bad: raise typer.BadParameter(f"--env {bad[0]!r} is not KEY=VALUE")
     d = _deploy(host, port, key, known_hosts, root, miner_port, port_offset, mode=mode or get_settings().mode,
-                min_score=min_score, rounds=rounds, health_timeout_s=health_timeout, install=install)
+                min_score=min_score, rounds=rounds, health_timeout_s=health_timeout, install=install,
+                env=dict(e.split("=", 1) for e in env))
     if min_score is None: err_console.print("note: no --min-score: the validator reports, it does not gate")
-    fetch = None if dry_run else (out or new_run_dir("deploy", {"host": host, "plan": str(plan)}))
-    r = ship(d, plan, repo, fetch_to=None if fetch is None else Path(fetch)/"validate", dry_run=dry_run)
+    fetch = out or (Path("runs")/"deploy-<new>" if dry_run else new_run_dir("deploy", {"host": host, "plan": str(plan)}))
+    r = ship(d, plan, repo, fetch_to=fetch, dry_run=dry_run)
     if not dry_run: console.print(f"release {r['release']} is current on {host}:{root} (miner 127.0.0.1:{r['miner_port']}); figures: {fetch}")
 
 @deploy_app.command("rollback")
