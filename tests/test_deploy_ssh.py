@@ -120,6 +120,12 @@ def test_deploy_upgrade_break_faults_rollback(sshd, plan_dir, tmp_path):
         assert st["current"]["release"] == a["release"] and st["miner_health"].startswith("200")
         assert [s["state"] for s in st["fleet"]["servers"]] == ["healthy", "healthy"]
         assert sorted(st["releases"])[:2] == sorted([a["release"], b["release"]])
+        # the same through the command line
+        cli = subprocess.run([sys.executable, "-c", "from stage1_cascade.cli import main; main()", "deploy", "status", "--host",
+                              target.dest, "--port", str(target.port), "--key", target.key, "--known-hosts", target.known_hosts,
+                              "--root", str(host), "--json"], capture_output=True, text=True, timeout=300)
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout)["current"]["release"] == a["release"]
     finally:
         print("\n".join(lines))
         for rel in (host/"releases").glob("*") if (host/"releases").exists() else []:   # stop whatever still runs
