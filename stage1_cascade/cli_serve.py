@@ -288,7 +288,7 @@ _OFFSET_OPT = typer.Option(100, "--port-offset", help="Added to every port of sl
 def _deploy(host, port, key, known_hosts, root, miner_port, port_offset, **kw):
     from stage1_cascade.deploy.ssh import Deploy, SSHTarget
     return Deploy(SSHTarget(host, port, str(key) if key else None, str(known_hosts) if known_hosts else None), root=root,
-                  miner_port=miner_port, port_offset=port_offset, log=lambda s: console.print(escape(s), highlight=False), **kw)
+                  miner_port=miner_port, port_offset=port_offset, log=lambda s: console.print(escape(s), highlight=False, soft_wrap=True), **kw)
 
 @deploy_app.command("ssh")
 def deploy_ssh(host: str = _HOST_OPT, port: Optional[int] = _SSH_PORT_OPT, key: Optional[Path] = _KEY_OPT,

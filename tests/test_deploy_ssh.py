@@ -62,9 +62,9 @@ def sshd(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plan_dir(tmp_path_factory):
-    "A two-model plan (the routing's fast and power tiers) on free ports (slot 1 adds 100: both blocks free)."
+    "A two-model plan (the routing's fast and power tiers) on free ports; both slots' ports fall in the free block."
     d = tmp_path_factory.mktemp("plan")
-    base = free_port_block(110)
+    base = free_port_block(160)   # slot 0: base, base+1, miner base+50; slot 1: +100
     subprocess.run([sys.executable, "-c", "from stage1_cascade.cli import main; main()", "plan", "--gpus", "1xH100-80GB",
                     "--models", "qwen3-vl-4b,kimi-vl-a3b", "--base-port", str(base), "--out", str(d)], check=True, capture_output=True, timeout=300)
     return d, base
