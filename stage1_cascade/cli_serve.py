@@ -28,7 +28,7 @@ serve_app = _Typer(name="stage1-cascade", no_args_is_help=True, add_completion=F
 # %% auto #0
 __all__ = ['serve_app', 'fleet_app', 'GATE_EXIT', 'deploy_app', 'fleet_table', 'fleet_up', 'fleet_status', 'fleet_down',
            'fleet_smoke', 'validate_target', 'validate', 'axon', 'model_card_cmd', 'monitor', 'miner', 'loadtest',
-           'deploy_render']
+           'deploy_render', 'deploy_ssh', 'deploy_rollback', 'deploy_status']
 
 # %% ../nbs/98a_cli_serve.ipynb #a3cb13d4
 fleet_app = _Typer(name="fleet", no_args_is_help=True, add_completion=False, cls=_Group,
@@ -273,7 +273,7 @@ def loadtest(url: str = typer.Option(..., "--url", help="The miner's root URL, e
 
 # %% ../nbs/98a_cli_serve.ipynb #d6c4b271
 deploy_app = _Typer(name="deploy", no_args_is_help=True, add_completion=False, cls=_Group,
-                    help="Deploy a plan: render its files (and ship them to hosts).")
+                    help="Render the deployment files, ship a release over SSH, roll back, show status.")
 serve_app.add_typer(deploy_app, name="deploy")
 
 # %% ../nbs/98a_cli_serve.ipynb #1867871c
@@ -298,3 +298,68 @@ def deploy_render(plan: Path = typer.Option(..., "--plan", help="Plan folder (st
     elif check:
         for f, v in validate_rendered(out).items(): typer.echo(_fill(f"{f}: {v}"))
     typer.echo(_fill("no image was built here: build them on the host (docker-compose build)"))
+
+# %% ../nbs/98a_cli_serve.ipynb #b84e13f1
+_HOST_OPT = typer.Option(..., "--host", help="USER@HOST (or a Host alias of ~/.ssh/config).")
+_SSH_PORT_OPT = typer.Option(None, "--port", help="sshd's port (default: ssh's own).")
+_KEY_OPT = typer.Option(None, "--key", help="Private key file (default: the agent, ssh's defaults).")
+_KNOWN_OPT = typer.Option(None, "--known-hosts", help="Known-hosts file (default: ssh's own; a new host key is accepted once).")
+_ROOT_OPT = typer.Option("stage1", "--root", help="Deploy folder on the host (relative: under the login's home).")
+_MPORT_OPT = typer.Option(8000, "--miner-port", help="Slot 0's miner port (slot 1 adds --port-offset).")
+_OFFSET_OPT = typer.Option(100, "--port-offset", help="Added to every port of slot 1.")
+
+def _deploy(host, port, key, known_hosts, root, miner_port, port_offset, **kw):
+    from stage1_cascade.deploy.ssh import Deploy, SSHTarget
+    return Deploy(SSHTarget(host, port, str(key) if key else None, str(known_hosts) if known_hosts else None), root=root,
+                  miner_port=miner_port, port_offset=port_offset, log=lambda s: console.print(escape(s), highlight=False, soft_wrap=True), **kw)
+
+@deploy_app.command("ssh")
+def deploy_ssh(host: str = _HOST_OPT, port: Optional[int] = _SSH_PORT_OPT, key: Optional[Path] = _KEY_OPT,
+               known_hosts: Optional[Path] = _KNOWN_OPT,
+               plan: Path = typer.Option(..., "--plan", help="Plan folder (stage1-cascade plan --out DIR)."),
+               root: str = _ROOT_OPT, miner_port: int = _MPORT_OPT, port_offset: int = _OFFSET_OPT,
+               mode: Optional[str] = typer.Option(None, "--mode", help="cpu (stand-in fleet) or gpu (vLLM, GPU notebooks); default S1C_MODE."),
+               min_score: Optional[float] = typer.Option(None, "--min-score", help="The validator's gate: refuse the release below this expected score."),
+               rounds: int = typer.Option(200, "--rounds", min=1, help="Shadow-validator challenges."),
+               health_timeout: float = typer.Option(900.0, "--health-timeout", min=0.0, help="Seconds the new miner may take to be healthy."),
+               install: str = typer.Option("bash tools/setup.sh", "--install", help="Run in the release's source tree to create its environment."),
+               env: list[str] = typer.Option([], "--env", help="KEY=VALUE for every command on the host (repeat), e.g. S1C_VLLM_PYTHON=/opt/vllm/bin/python."),
+               repo: Path = typer.Option(Path("."), "--repo", help="The project checkout to ship (its working tree)."),
+               out: Optional[Path] = typer.Option(None, "--out", help="Local run folder for the validator's figures (default: a new one under runs/)."),
+               dry_run: bool = typer.Option(False, "--dry-run", help="Print every file and command; contact nobody.")):
+    "Send a release to a host, start it beside the current one, gate it (health, validator), then switch and stop the old."
+    from stage1_cascade.deploy.ssh import ship
+    bad = [e for e in env if "=" not in e or not e.split("=", 1)[0].isidentifier()]
+    if bad: raise typer.BadParameter(f"--env {bad[0]!r} is not KEY=VALUE")
+    d = _deploy(host, port, key, known_hosts, root, miner_port, port_offset, mode=mode or get_settings().mode,
+                min_score=min_score, rounds=rounds, health_timeout_s=health_timeout, install=install,
+                env=dict(e.split("=", 1) for e in env))
+    if min_score is None: err_console.print("note: no --min-score: the validator reports, it does not gate")
+    fetch = out or (Path("runs")/"deploy-<new>" if dry_run else new_run_dir("deploy", {"host": host, "plan": str(plan)}))
+    r = ship(d, plan, repo, fetch_to=fetch, dry_run=dry_run)
+    if not dry_run: console.print(f"release {r['release']} is current on {host}:{root} (miner 127.0.0.1:{r['miner_port']}); figures: {fetch}")
+
+@deploy_app.command("rollback")
+def deploy_rollback(host: str = _HOST_OPT, port: Optional[int] = _SSH_PORT_OPT, key: Optional[Path] = _KEY_OPT,
+                    known_hosts: Optional[Path] = _KNOWN_OPT, root: str = _ROOT_OPT,
+                    mode: Optional[str] = typer.Option(None, "--mode", help="cpu or gpu; default S1C_MODE."),
+                    health_timeout: float = typer.Option(900.0, "--health-timeout", min=0.0, help="Seconds the older miner may take to be healthy.")):
+    "Start the release before the current one, wait for its health, switch `current` back, stop the replaced one."
+    from stage1_cascade.deploy.ssh import rollback
+    r = rollback(_deploy(host, port, key, known_hosts, root, 8000, 100, mode=mode or get_settings().mode, health_timeout_s=health_timeout))
+    console.print(f"release {r['release']} is current again (miner 127.0.0.1:{r['miner_port']}); {r['replaced']} stopped")
+
+@deploy_app.command("status")
+def deploy_status(host: str = _HOST_OPT, port: Optional[int] = _SSH_PORT_OPT, key: Optional[Path] = _KEY_OPT,
+                  known_hosts: Optional[Path] = _KNOWN_OPT, root: str = _ROOT_OPT,
+                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    "The current release, the releases on the host, the fleet's servers and the miner's health."
+    from stage1_cascade.deploy.ssh import status
+    st = status(_deploy(host, port, key, known_hosts, root, 8000, 100))
+    if as_json: typer.echo(json.dumps(st)); return
+    cur = st["current"]
+    console.print(f"current: {cur['release'] if cur else 'none'}; releases: {len(st['releases'])}")
+    if not cur: return
+    console.print(f"miner 127.0.0.1:{cur['miner_port']} /health: {escape(st['miner_health'])}")
+    if "servers" in st["fleet"]: console.print(fleet_table(st["fleet"]))
+    else: err_console.print(f"fleet: {escape(st['fleet'].get('error', ''))}")
