@@ -1,4 +1,4 @@
-"""`fleet`, `validate`, `axon`, `model-card`, `monitor`, `miner` and `loadtest`: thin wrappers over the serving layer
+"""`fleet`, `validate`, `axon`, `model-card`, `monitor`, `miner`, `loadtest` and `deploy`: thin wrappers over the serving layer
 (notebooks 11-14), kept in their own Typer app that `cli` (notebook 99) adds to
 `stage1-cascade` after the cascade's verbs.
 
