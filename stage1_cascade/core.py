@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # %% auto #0
 __all__ = ['TIERS', 'VLM_TIERS', 'S1CError', 'SettingsError', 'Settings', 'mask_url', 'get_settings', 'redact', 'setup_logging',
            'get_logger', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'new_run_dir',
-           'record_figures', 'assets_dir', 'ScriptError', 'script_path', 'run_script']
+           'record_figures', 'assets_dir', 'ScriptError', 'script_path', 'run_script', 'side_env_ok', 'ensure_side_env']
 
 # %% ../nbs/00_core.ipynb #b511277f
 class S1CError(Exception):
@@ -249,3 +249,39 @@ def run_script(python: str | Path,       # interpreter of the environment the sc
         except json.JSONDecodeError as e: raise ScriptError(f"{what} wrote a result that is not JSON ({e}){tail}") from None
         if not isinstance(res, dict): raise ScriptError(f"{what} wrote a JSON {type(res).__name__}, not an object{tail}")
         return res
+
+# %% ../nbs/00_core.ipynb #0de8d023
+import sys, time
+
+def side_env_ok(path: str | Path, spec: dict, mark: str) -> bool:
+    "True when the environment at `path` has a python and a mark file `mark` recording exactly `spec`."
+    m, py = Path(path)/mark, Path(path)/"bin"/"python"
+    try: return py.exists() and json.loads(m.read_text()).get("spec") == spec
+    except (OSError, ValueError): return False
+
+def ensure_side_env(path: str | Path,          # the environment's folder
+                    spec: dict,                # what it is made from (pins, lock hash, Python): recorded in the mark
+                    installs: list[list],      # pip argument lists run with its pip, in order, e.g. [["install", "-q", "-r", LOCK]]
+                    mark: str,                 # the mark file's name, e.g. "s1c-axon-env.json"
+                    label: str,                # how messages name it, e.g. "axon"
+                    error: type = S1CError,    # the error class raised
+                    timeout_s: float = 1200,   # per command
+                   ) -> tuple[Path, bool, float]:
+    "Make (or reuse) a pinned side environment; returns (its python, made by this call, seconds taken)."
+    t0, path = time.perf_counter(), Path(path)
+    py = path/"bin"/"python"
+    if side_env_ok(path, spec, mark): return py, False, time.perf_counter() - t0
+    if path.exists() and any(path.iterdir()) and not (path/mark).exists():
+        raise error(f"{path} exists and is not {'an' if label[:1] in 'aeiou' else 'a'} {label} environment made here: "
+                    "choose another path")
+    get_logger(__name__).info("creating the %s environment at %s (minutes)", label, path)
+    (path/mark).unlink(missing_ok=True)   # a half-made environment is never trusted
+    for cmd in [[sys.executable, "-m", "venv", "--clear", path]] + [[py, "-m", "pip", *a] for a in installs]:
+        cmd = [str(c) for c in cmd]
+        try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired: raise error(f"making the {label} environment: {shlex.join(cmd)[:300]} ran past {timeout_s} s") from None
+        if r.returncode: raise error(f"making the {label} environment: {shlex.join(cmd)[:300]} failed (exit {r.returncode})\n"
+                                     f"--- stderr tail ---\n{r.stderr[-3000:]}")
+    atomic_write_json(path/mark, {"spec": spec, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                  "seconds": round(time.perf_counter() - t0, 1)})
+    return py, True, time.perf_counter() - t0

@@ -20,7 +20,7 @@ from transformers import Cache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from ..core import (
-    S1CError, ScriptError, assets_dir, atomic_write_json, get_logger, get_settings, run_script, script_path)
+    S1CError, ScriptError, assets_dir, atomic_write_json, ensure_side_env, get_logger, get_settings, run_script, script_path)
 from ..scripts.quantize_worker import calibration_texts  # the worker's own texts, not a copy
 
 # %% auto #0
@@ -387,20 +387,9 @@ def ensure_quantize_env(path:str|Path|None=None,   # default: `default_env_dir()
                         autoawq:bool=False,         # also install AutoAWQ (deprecated) into a side folder
                         timeout_s:float=3600) -> QuantEnv:
     "Create (or reuse) the virtual environment that holds llm-compressor; report the time it took."
-    t0 = time.perf_counter()
-    path = Path(path or default_env_dir())
-    py, mark = _env_python(path), Path(path)/_MARK
-    created = False
-    want = dict(llmcompressor=llmcompressor, torch=torch_spec)
-    if not (mark.exists() and py.exists() and json.loads(mark.read_text()).get("spec") == want):
-        if path.exists() and any(path.iterdir()) and not mark.exists():
-            raise QuantError(f"{path} exists and is not a quantize environment made here: choose another path")
-        get_logger(__name__).info("creating the quantize environment at %s (minutes)", path)
-        _run([sys.executable, "-m", "venv", "--clear", path], "python -m venv", timeout_s)
-        _run([py, "-m", "pip", "install", "-q", torch_spec, llmcompressor], "pip install llmcompressor", timeout_s)
-        atomic_write_json(mark, {"spec": want, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                 "seconds": round(time.perf_counter() - t0, 1)})
-        created = True
+    t0, path = time.perf_counter(), Path(path or default_env_dir())
+    py, created, _ = ensure_side_env(path, dict(llmcompressor=llmcompressor, torch=torch_spec),
+                                     [["install", "-q", torch_spec, llmcompressor]], _MARK, "quantize", QuantError, timeout_s)
     if autoawq and not (path/"autoawq").exists():
         # no deps: AutoAWQ imports what llm-compressor's environment already has; a side folder keeps it apart
         _run([py, "-m", "pip", "install", "-q", "--no-deps", "--target", path/"autoawq", "autoawq"],

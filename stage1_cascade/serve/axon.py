@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..core import S1CError, ScriptError, assets_dir, atomic_write_json, get_logger, get_settings
-from ..core import run_script, script_path
+from ..core import ensure_side_env, run_script, script_path, side_env_ok
 
 # %% auto #0
 __all__ = ['BITTENSOR_SPEC', 'SUBNET_PINS', 'LOCK', 'SIMULATED_NOTE', 'AxonError', 'axon_requirements', 'default_axon_env_dir',
@@ -55,29 +55,13 @@ def _lock_spec() -> dict:
     return {"lock_sha256": hashlib.sha256((assets_dir()/LOCK).read_bytes()).hexdigest(),
             "python": "%d.%d" % sys.version_info[:2]}
 
-def _env_ok(path:Path) -> bool:
-    mark, py = Path(path)/_MARK, Path(path)/"bin"/"python"
-    return mark.exists() and py.exists() and json.loads(mark.read_text()).get("spec") == _lock_spec()
-
-def _pip(cmd:list, what:str, timeout_s:float):
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout_s)
-    if r.returncode: raise AxonError(f"{what} failed (exit {r.returncode}): {shlex.join(map(str, cmd))[:300]}\n"
-                                     f"--- stderr tail ---\n{r.stderr[-3000:]}")
+def _env_ok(path:Path) -> bool: return side_env_ok(path, _lock_spec(), _MARK)
 
 def ensure_axon_env(path:str|Path|None=None,  # default: `default_axon_env_dir()`
                     timeout_s:float=1200) -> AxonEnv:
     "Create (or reuse) the virtual environment the axon scripts run in; report the time it took."
     t0, path = time.perf_counter(), Path(path or default_axon_env_dir())
-    py, created = path/"bin"/"python", False
-    if not _env_ok(path):
-        if path.exists() and any(path.iterdir()) and not (path/_MARK).exists():
-            raise AxonError(f"{path} exists and is not an axon environment made here: choose another path")
-        get_logger(__name__).info("creating the axon environment at %s (about a minute)", path)
-        _pip([sys.executable, "-m", "venv", "--clear", path], "python -m venv", timeout_s)
-        _pip([py, "-m", "pip", "install", "-q", "-r", assets_dir()/LOCK], "pip install -r " + LOCK, timeout_s)
-        atomic_write_json(path/_MARK, {"spec": _lock_spec(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                       "seconds": round(time.perf_counter() - t0, 1)})
-        created = True
+    py, created, _ = ensure_side_env(path, _lock_spec(), [["install", "-q", "-r", assets_dir()/LOCK]], _MARK, "axon", AxonError, timeout_s)
     pkgs = ["bittensor", "bittensor-wallet", "async-substrate-interface", "fastapi", "pydantic"]
     try: versions = run_script(py, script_path("package_versions.py"), {"packages": pkgs}, 300)
     except ScriptError as e: raise AxonError(f"the axon environment at {path} is broken ({e}); delete it and run again") from e
