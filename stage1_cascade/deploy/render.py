@@ -118,7 +118,7 @@ def servers(plan:MemoryPlan, hosts:list[list[GPU]], addresses:Sequence[str], par
 @dataclass
 class Images:
     "The base images (pinned tags: a moving `latest` would change what was tested)."
-    vllm: str = "vllm/vllm-openai:v0.11.0"
+    vllm: str = "vllm/vllm-openai:v0.33.0"   # the release whose flags serve.args checks and the stand-ins speak
     python: str = "python:3.11-slim-bookworm"
     prometheus: str = "prom/prometheus:v2.42.0"   # the promtool that checks the config here is 2.42
     grafana: str = "grafana/grafana:11.6.0"       # the dashboard is built with Grafana 11.6's schema
