@@ -270,7 +270,8 @@ def train(data: Optional[str] = typer.Option(None, "--data", help="Fine-tune a S
 
 # %% ../nbs/99_cli.ipynb #8675e367
 @app.command()
-def plan(gpus: str = typer.Option("2xH100-80GB", "--gpus", help="GPU inventory, e.g. 2xH100-80GB or 1xH200-141GB."),
+def plan(gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU inventory of one host, e.g. 2xH100-80GB (the default) or 1xH200-141GB."),
+         hosts: Optional[str] = typer.Option(None, "--hosts", help="Several hosts' cards instead of --gpus, e.g. '2x(2xL4-24GB)'."),
          models: str = typer.Option("default26", "--models", help="'default26', 'all' or comma-separated model ids."),
          kv_dtype: str = typer.Option("fp8", "--kv-dtype", help="vLLM --kv-cache-dtype."),
          max_model_len: int = typer.Option(4096, "--max-model-len", min=1),
@@ -283,11 +284,14 @@ def plan(gpus: str = typer.Option("2xH100-80GB", "--gpus", help="GPU inventory, 
          out: Path = typer.Option(..., "--out", help="Folder for plan.json, gpu<i>.png, serve.sh.")):
     "Place the models on the GPUs from their architectures: plan.json, a bar chart per GPU, the vllm serve commands."
     from stage1_cascade.serve.args import plan as _plan
-    p = _plan(gpus, models, kv_dtype=kv_dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+    from stage1_cascade.plan.placement import HostsError
+    if gpus and hosts: raise HostsError(f"--gpus {gpus} and --hosts {hosts} both given: --hosts names every host's cards, give it alone")
+    p = _plan(gpus or "2xH100-80GB", models, hosts=hosts, kv_dtype=kv_dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
               out=out, weights=weights, lmcache=lmcache, host=host, api_key=not no_api_key,
               base_port=base_port)
     console.print(p.summary())
-    console.print(f"wrote {out}/plan.json, {out}/serve.sh and one PNG per GPU")
+    console.print(f"wrote {out}/plan.json, {out}/serve.sh and one PNG per GPU"
+                  + ("; `deploy render` takes the hosts from plan.json" if hosts else ""))
 
 @app.command("compress-bench")
 def compress_bench(out: Path = typer.Option(..., "--out", help="Folder for results.json, results.csv, results.md."),

@@ -203,3 +203,47 @@ def test_systemd_analyze_checks_the_units_and_refuses_a_broken_one(one_host, tmp
             if u.name == name and edit is None: continue   # the unit others require is gone
             (bad/"systemd"/u.name).write_text(edit(u.read_text()) if u.name == name else u.read_text())
         with pytest.raises(RenderError, match=said): check_units(bad)
+
+
+@pytest.fixture(scope="module")
+def planned_pp(tmp_path_factory):
+    "A plan made by `plan --hosts` whose model larger than a card is split pipeline parallel 2 over two hosts (no `parallel` entry)."
+    d = tmp_path_factory.mktemp("render-pp")
+    p = make_plan(hosts="2x(1xL4-24GB)", models="qwen3-vl-30b-a3b", out=d/"plan")
+    assert "parallel" not in json.loads((d/"plan/plan.json").read_text())
+    meta = render(d/"plan", d/"out", addresses=["10.0.0.1", "10.0.0.2"])  # the hosts come from the plan
+    return p, meta, d
+
+
+def test_a_planned_pipeline_split_renders_rays_head_and_worker(planned_pp):
+    p, meta, d = planned_pp
+    c = _compose(d/"out")["services"]
+    head = c["vllm-qwen3-vl-30b-a3b"]
+    argv = shlex.split(head["entrypoint"][-1].split("&& exec ", 1)[1])
+    got = validate_serve_args(argv, SERVE_SCHEMA)
+    assert (got.get("--tensor-parallel-size", 1), got["--pipeline-parallel-size"], got["--distributed-executor-backend"]) == (1, 2, "ray")
+    assert head["profiles"] == ["host0"] and head["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["0"]
+    worker = c["vllm-qwen3-vl-30b-a3b-ray1"]
+    assert worker["profiles"] == ["host1"] and "--address=10.0.0.1:6379" in worker["entrypoint"]
+    assert "--node-ip-address=10.0.0.2" in worker["entrypoint"]
+    hosts = json.loads((d/"out/hosts.json").read_text())["hosts"]
+    assert [h["servers"] for h in hosts] == [["qwen3-vl-30b-a3b"], ["qwen3-vl-30b-a3b"]]
+    assert "pipeline parallel 2" in (d/"plan/serve.sh").read_text()  # serve.sh leaves it to Ray and says so
+
+
+@needs_tools
+def test_a_planned_pipeline_split_passes_compose_config(planned_pp):
+    _, _, d = planned_pp
+    assert validate_rendered(d/"out")["compose.yaml"].startswith("docker-compose config: valid")
+
+
+def test_a_planned_tensor_split_uses_its_cards_and_hosts_must_agree(tmp_path):
+    make_plan(hosts="2x(2xL4-24GB)", models="qwen3-vl-4b,qwen3-vl-30b-a3b", out=tmp_path/"plan")
+    render(tmp_path/"plan", tmp_path/"out", addresses=["10.0.0.1", "10.0.0.2"])
+    svc = _compose(tmp_path/"out")["services"]["vllm-qwen3-vl-30b-a3b"]
+    argv = [svc["entrypoint"][0], svc["entrypoint"][1], *svc["command"]]
+    assert validate_serve_args(argv, SERVE_SCHEMA)["--tensor-parallel-size"] == 2 and "--pipeline-parallel-size" not in argv
+    assert svc["profiles"] == ["host1"] and svc["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["0", "1"]
+    assert not [k for k in _compose(tmp_path/"out")["services"] if k.endswith("-ray1")]
+    with pytest.raises(RenderError, match="disagrees with the plan's hosts"):
+        render(tmp_path/"plan", tmp_path/"o2", hosts="1x(1xL4-24GB)+1x(3xL4-24GB)", addresses=["10.0.0.1", "10.0.0.2"])

@@ -119,3 +119,96 @@ def test_bad_kv_dtype_and_lengths():
         P.make_plan("2xH100-80GB", "default26", kv_dtype="fp4")
     with pytest.raises(F.PlanError, match="max_num_seqs"):
         P.make_plan("2xH100-80GB", "default26", max_num_seqs=0)
+
+
+# ---- past one card and one host: vLLM's tensor / pipeline parallelism ----
+BIG = "qwen3-vl-30b-a3b"  # 36 GB at FP8 with the default KV and margin: larger than an L4 (24 GB)
+
+
+def _unsplit(model, **kw):
+    "The model's one-server footprint, from a card that holds it whole."
+    return next(x for x in P.make_plan("1xH200-141GB", model, **kw).placements if x.model == model)
+
+
+def test_a_model_larger_than_a_card_gets_tensor_parallel_on_one_host(tmp_path):
+    p = plan(hosts="2x(2xL4-24GB)", models=f"qwen3-vl-4b,{BIG}", out=tmp_path)
+    x = {q.model: q for q in p.placements}[BIG]
+    assert (x.status, x.tensor_parallel_size, x.pipeline_parallel_size) == ("resident", 2, 1)
+    assert len(x.gpus) == 2 and len({p.locate(g)[0] for g in x.gpus}) == 1 and x.host == p.locate(x.gpus[0])[0]
+    assert p.hosts == [[0, 1], [2, 3]] and json.loads((tmp_path / "plan.json").read_text())["hosts"] == [[0, 1], [2, 3]]
+    for g in p.gpus:  # every card's planned bytes within the card, the split model's fraction reserved on each of its cards
+        assert p.totals["used_GB"][g.index] <= g.total_bytes / 1e9 + 1e-6
+    sh = [l for l in (tmp_path / "serve.sh").read_text().splitlines() if f"--served-model-name {BIG}" in l]
+    local = ",".join(str(p.locate(g)[1]) for g in x.gpus)
+    assert len(sh) == 1 and f"CUDA_VISIBLE_DEVICES={local} nohup" in sh[0] and "--tensor-parallel-size 2" in sh[0]
+    assert "split by vLLM" in p.summary() and "2 host(s)" in p.summary()
+
+
+def test_one_card_per_host_gets_pipeline_parallel_across_two_hosts():
+    p = P.make_plan(hosts="2x(1xL4-24GB)", models=BIG)
+    x = p.placements[0]
+    assert (x.status, x.tensor_parallel_size, x.pipeline_parallel_size, x.gpus) == ("resident", 1, 2, [0, 1])
+    assert [p.locate(g)[0] for g in x.gpus] == [0, 1] and p.fits_all
+
+
+def test_per_card_shares_add_up_to_the_footprint_and_the_extra_margins():
+    one, ov = _unsplit(BIG), 2.0 * P.GiB
+    for hosts, n in (("1x(2xL4-24GB)", 2), ("2x(1xL4-24GB)", 2), ("2x(2xL4-24GB)", 2)):
+        x = P.make_plan(hosts=hosts, models=BIG).placements[0]
+        shares = P.card_shares(x)
+        assert sorted(shares) == sorted(x.gpus) and len(shares) == n
+        total = sum(sum(s.values()) for s in shares.values())
+        assert total == pytest.approx(x.footprint_bytes)
+        assert total == pytest.approx(one.footprint_bytes + (n - 1) * ov)  # kv_heads 4 >= tp: no KV copied
+        assert sum(s["weights"] for s in shares.values()) == pytest.approx(one.weight_bytes)
+    # pipeline parallel: the vision encoder on the first stage, whose card then holds the most
+    x = P.make_plan(hosts="2x(1xL4-24GB)", models=BIG).placements[0]
+    s = P.card_shares(x)
+    assert s[0]["weights"] - s[1]["weights"] == pytest.approx(x.vision_bytes)
+    # tensor parallel past the KV heads: vLLM copies them, so the KV bytes grow by tp / kv_heads
+    spec = F.load_models()[BIG]
+    wide = P.split_as(one, spec, 8, 1, list(range(8)))
+    assert wide.kv_bytes == pytest.approx(one.kv_bytes * 8 / spec.kv_heads)
+    assert not P._tp_fits_heads(8, 12) and P._tp_fits_heads(8, 4) and P._tp_fits_heads(2, 8)
+
+
+def test_a_split_model_without_room_is_dropped_with_what_it_needed():
+    p = P.make_plan(hosts="2x(2xL4-24GB)", models=f"qwen3-vl-4b,{BIG},internvl3.5-38b")
+    x = {q.model: q for q in p.placements}["internvl3.5-38b"]
+    assert x.status == "dropped" and not p.fits_all
+    assert "2 x 1 cards (tensor parallel on host 0)" in x.reason and "2 x 2 cards (pipeline parallel over hosts [0, 1])" in x.reason
+    assert "GB free each" in x.reason and "exceeds every card" in x.reason
+    # one host of one card: no split at all, and it says why
+    q = {y.model: y for y in P.make_plan("1xL40S-48GB", "qwen3-vl-4b,internvl3.5-38b").placements}["internvl3.5-38b"]
+    assert q.status == "dropped" and "allow no split" in q.reason
+
+
+def test_plans_without_a_model_larger_than_a_card_are_unchanged_and_stay_on_host_0():
+    p = P.make_plan("2xH100-80GB", "default26")
+    assert p.hosts is None and not [x for x in p.placements if x.split]
+    assert "gpus" not in p.table()[0] and "host(s)" not in p.summary()
+    h = P.make_plan(hosts="2x(1xH100-80GB)")  # the Stage-1 process and the wake slot beside the miner
+    assert h.wake_slot["gpu"] == 0 and {x.host for x in h.placements if x.status == "sleeping" or x.tier in F.STAGE1_TIERS} == {0}
+    with pytest.raises(P.HostsError, match="give hosts alone"):
+        P.make_plan("2xL4-24GB", hosts="2x(2xL4-24GB)")
+    with pytest.raises(P.HostsError, match="Nx"):
+        P.make_plan(hosts="2x(2xL4-24GB")
+
+
+def test_old_plan_json_loads_and_the_fleet_refuses_pipeline_parallel(tmp_path):
+    from stage1_cascade.serve.fleet import FleetError, fleet_specs, load_plan
+    plan("1xH100-80GB", "qwen3-vl-4b,qwen3-vl-8b", out=tmp_path / "old")
+    j = json.loads((tmp_path / "old/plan.json").read_text())
+    j.pop("hosts")
+    for x in j["placements"]:
+        for k in ("gpus", "tensor_parallel_size", "pipeline_parallel_size", "host"): x.pop(k)
+    (tmp_path / "old/plan.json").write_text(json.dumps(j))
+    old = load_plan(tmp_path / "old")
+    assert old.hosts is None and [x.cards for x in old.placements if x.port] == [[0], [0]]
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in fleet_specs(tmp_path / "old", "gpu", python="/x/python")] == ["0", "0"]
+    plan(hosts="2x(2xL4-24GB)", models=BIG, out=tmp_path / "tp")
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in fleet_specs(tmp_path / "tp", "gpu", python="/x/python")] == ["0,1"]
+    plan(hosts="2x(1xL4-24GB)", models=BIG, out=tmp_path / "pp")
+    assert load_plan(tmp_path / "pp").placements[0].pipeline_parallel_size == 2
+    with pytest.raises(FleetError, match="Ray cluster"):
+        fleet_specs(tmp_path / "pp", "gpu", python="/x/python")

@@ -19,7 +19,7 @@ import yaml
 from .. import __version__
 from ..core import S1CError, atomic_write_json, atomic_write_text
 from ..plan.facts import GPU, STAGE1_TIERS, parse_gpus
-from ..plan.placement import MemoryPlan
+from ..plan.placement import HostsError, MemoryPlan, parse_hosts as plan_hosts
 from ..serve.args import (VLLM_SERVE_SCHEMA, check_secure, is_loopback, serve_args, serve_env, stack_configs,
                                        validate_serve_args, validate_with_vllm, vllm_python)
 from ..serve.fleet import load_plan
@@ -27,10 +27,11 @@ from ..serve.monitor import MONITOR_FILES, check_monitoring, scrape_targets, wri
 from ..serve.registry import ModelEntry, Registry
 
 # %% auto #0
-__all__ = ['SERVE_SCHEMA', 'RAY_PORT', 'PORTS', 'SECRETS', 'RENDER_FORMAT', 'CHECK_ENV', 'RenderError', 'parse_hosts', 'Server',
-           'servers', 'Images', 'dockerfile_cpu', 'dockerfile_gpu', 'server_service', 'ray_worker', 'app_services',
-           'compose_file', 'listen_addresses', 'grafana_files', 'systemd_units', 'deploy_registry', 'render',
-           'find_tool', 'check_compose', 'check_dockerfile', 'check_units', 'validate_rendered']
+__all__ = ['SERVE_SCHEMA', 'RAY_PORT', 'PORTS', 'SECRETS', 'RENDER_FORMAT', 'CHECK_ENV', 'RenderError', 'parse_hosts',
+           'plan_host_gpus', 'Server', 'servers', 'Images', 'dockerfile_cpu', 'dockerfile_gpu', 'server_service',
+           'ray_worker', 'app_services', 'compose_file', 'listen_addresses', 'grafana_files', 'systemd_units',
+           'deploy_registry', 'render', 'find_tool', 'check_compose', 'check_dockerfile', 'check_units',
+           'validate_rendered']
 
 # %% ../../nbs/15_deploy_render.ipynb #6576cc2d
 class RenderError(S1CError):
@@ -38,18 +39,13 @@ class RenderError(S1CError):
 
 def parse_hosts(spec:str, # 'Nx(INVENTORY)' terms joined by '+', e.g. '2x(2xH100-80GB)'; a bare inventory is one host
                )->list[list[GPU]]:
-    "The hosts of a deployment, each a list of its GPUs (indexed from 0 on each host)."
-    if not isinstance(spec, str) or not spec.strip(): raise RenderError(f"hosts {spec!r} is empty; write e.g. '2x(2xH100-80GB)'")
-    s = spec.replace(" ", "")
-    if "(" not in s: return [parse_gpus(s)]
-    hosts = []
-    for term in re.split(r"\+(?![^(]*\))", s):
-        m = re.fullmatch(r"(?:(\d+)x)?\(([^()]+)\)", term)
-        if not m: raise RenderError(f"hosts term {term!r} in {spec!r} is not 'Nx(INVENTORY)', e.g. '2x(2xH100-80GB)'")
-        n = int(m.group(1) or 1)
-        if not 1 <= n <= 64: raise RenderError(f"host count {n} in {term!r} must be in 1..64")
-        hosts += [parse_gpus(m.group(2)) for _ in range(n)]
-    return hosts
+    "The hosts of a deployment, each a list of its GPUs (indexed from 0 on each host): the planner's parser, its errors as `RenderError`."
+    try: return plan_hosts(spec)
+    except HostsError as e: raise RenderError(str(e)) from None
+
+def plan_host_gpus(plan:MemoryPlan)->list[list[GPU]]:
+    "The hosts a plan records (one host with every card for a plan without), each card indexed from 0 on its host."
+    return [[GPU(j, plan.gpus[g].name, plan.gpus[g].total_bytes) for j, g in enumerate(cs)] for cs in plan.host_cards()]
 
 # %% ../../nbs/15_deploy_render.ipynb #bc3e7102
 SERVE_SCHEMA = VLLM_SERVE_SCHEMA | {"--pipeline-parallel-size": {"type": "int", "min": 1},
@@ -93,11 +89,18 @@ def servers(plan:MemoryPlan, hosts:list[list[GPU]], addresses:Sequence[str], par
     cfgs = stack_configs(plan)
     for p in sorted((p for p in plan.placements if p.model in cfgs), key=lambda p: (p.gpu, p.status != "resident", p.port)):
         sc, (h, j) = cfgs[p.model], where[p.gpu]
-        par = parallel.get(p.model, {})
-        tp, pp = int(par.get("tensor_parallel_size", 1)), int(par.get("pipeline_parallel_size", 1))
-        if j + tp > len(hosts[h]) or h + pp > len(hosts):
-            raise RenderError(f"{p.model}: tensor parallel {tp} x pipeline parallel {pp} from GPU {j} of host {h} "
-                              f"needs more cards than the hosts have ({[len(x) for x in hosts]} GPUs per host)")
+        if par := parallel.get(p.model):  # a hand-written override of the plan's split
+            tp, pp = int(par.get("tensor_parallel_size", 1)), int(par.get("pipeline_parallel_size", 1))
+            if j + tp > len(hosts[h]) or h + pp > len(hosts):
+                raise RenderError(f"{p.model}: tensor parallel {tp} x pipeline parallel {pp} from GPU {j} of host {h} "
+                                  f"needs more cards than the hosts have ({[len(x) for x in hosts]} GPUs per host)")
+            local = list(range(j, j + tp))
+        else:  # the planner's split: its cards, stage by stage
+            tp, pp, at = p.tensor_parallel_size, p.pipeline_parallel_size, [where[g] for g in p.cards]
+            local = [jj for hh, jj in at if hh == h]
+            if len(at) != tp * pp or len(local) != tp or sorted({hh for hh, _ in at}) != list(range(h, h + pp)):
+                raise RenderError(f"{p.model}: the plan splits it tensor parallel {tp} x pipeline parallel {pp} over GPUs {p.cards}, "
+                                  f"which these hosts hold as (host, GPU) {at}: make the plan with these hosts (plan --hosts ...)")
         if p.status == "sleeping" and h != 0:
             raise RenderError(f"{p.model} sleeps on host {h}: vLLM's sleep endpoints take no key and stay on loopback, "
                               "so the miner on host 0 could not wake it; plan the wake slot on host 0's cards")
@@ -108,7 +111,7 @@ def servers(plan:MemoryPlan, hosts:list[list[GPU]], addresses:Sequence[str], par
         validate_serve_args(argv, SERVE_SCHEMA)
         env = serve_env(sc)
         check_secure(argv, {**env, "VLLM_API_KEY": "set at start"}, allow_remote=h != 0)
-        out.append(Server(p.model, p.tier, h, list(range(j, j + tp)), sc.host, sc.port, argv, env, p.status == "sleeping",
+        out.append(Server(p.model, p.tier, h, local, sc.host, sc.port, argv, env, p.status == "sleeping",
                           p.sleep_level, sc.served_model_name, p.gpu_memory_utilization,
                           list(range(h, h + pp)) if pp > 1 else [], addresses[h] if pp > 1 else ""))
     if not out: raise RenderError("the plan has no resident or sleeping VLM: nothing to deploy")
@@ -320,7 +323,7 @@ def _sha(p:Path)->str: return hashlib.sha256(p.read_bytes()).hexdigest()
 def render(plan_dir:str|Path, # a plan folder (plan.json; serve.sh copied when present)
            out_dir:str|Path, # the rendered folder (new or empty, unless force)
            mode:str="gpu", # 'gpu': vLLM servers in compose; 'cpu': the fleet's stand-ins (a rehearsal)
-           hosts:str|None=None, # e.g. '2x(2xH100-80GB)'; default: one host with the plan's GPUs
+           hosts:str|None=None, # e.g. '2x(2xH100-80GB)'; default: the plan's hosts (one host with its GPUs if it names none)
            addresses:Sequence[str]|None=None, # each host's address on the hosts' network, host 0 (the miner's) first
            images:Images|None=None,
            ports:dict|None=None, # overrides of PORTS
@@ -332,7 +335,10 @@ def render(plan_dir:str|Path, # a plan folder (plan.json; serve.sh copied when p
     if out.exists() and any(out.iterdir()) and not force: raise RenderError(f"{out} is not empty: give a new folder, or force=True (--force)")
     p, images, ports = load_plan(plan_dir), images or Images(), PORTS | (ports or {})
     raw = json.loads((plan_dir/"plan.json").read_text())
-    hs = parse_hosts(hosts) if hosts else [list(p.gpus)]
+    hs = parse_hosts(hosts) if hosts else plan_host_gpus(p)
+    if hosts and p.hosts and [len(x) for x in hs] != [len(x) for x in p.hosts]:
+        raise RenderError(f"--hosts {hosts!r} ({[len(x) for x in hs]} GPUs per host) disagrees with the plan's hosts {p.hosts}: "
+                          "leave --hosts out (the plan knows its hosts) or make the plan with these hosts")
     if addresses is None:
         if len(hs) > 1: raise RenderError(f"{len(hs)} hosts: give each host's address on their network (--addresses 10.0.0.1,10.0.0.2,...), host 0 (the miner's) first")
         addresses = ["127.0.0.1"]

@@ -1,5 +1,6 @@
 """The models placed on a GPU inventory from their computed footprints, with vLLM's sleep
-mode for the ones that do not fit beside the others, and a bar chart per card.
+mode for the ones that do not fit beside the others, vLLM's own tensor/pipeline parallelism for
+one larger than a card (over several hosts if need be), and a bar chart per card.
 
 Docs: https://example.invalid/stage1_cascade/plan.html.md"""
 
@@ -7,8 +8,8 @@ Docs: https://example.invalid/stage1_cascade/plan.html.md"""
 
 # %% ../../nbs/09_plan.ipynb #cbc82368
 from __future__ import annotations
-import json, math
-from dataclasses import dataclass, asdict
+import json, math, re
+from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import Iterable
 from ..core import atomic_write_text
@@ -17,8 +18,9 @@ from .facts import (
     load_models, parse_gpus, weight_bytes)
 
 # %% auto #0
-__all__ = ['PLACEMENT_PRIORITY', 'GiB', 'InventoryTooSmall', 'Placement', 'MemoryPlan', 'resolve_models', 'place', 'make_plan',
-           'plot_gpu', 'write_plan']
+__all__ = ['PLACEMENT_PRIORITY', 'GiB', 'InventoryTooSmall', 'Placement', 'MemoryPlan', 'HostsError', 'parse_hosts',
+           'host_inventory', 'resolve_models', 'place', 'card_shares', 'split_options', 'split_as', 'place_split',
+           'make_plan', 'plot_gpu', 'write_plan']
 
 # %% ../../nbs/09_plan.ipynb #21de7e87
 class InventoryTooSmall(PlanError):
@@ -46,6 +48,21 @@ class Placement:
     sleep_level: int | None = None
     wake_s_estimate: float | None = None
     reason: str = ""
+    gpus: list = field(default_factory=list)  # every card it uses (global indices), stage by stage; [] when dropped
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    host: int | None = None                   # the host of its first card (None: dropped, or a plan from before hosts)
+
+    @property
+    def cards(self) -> list[int]:
+        "The cards it uses: `gpus` when split, else `[gpu]` (`gpu` rules: a plan from before `gpus`, or one edited by hand)."
+        if self.gpus and self.tensor_parallel_size * self.pipeline_parallel_size > 1: return list(self.gpus)
+        return [] if self.gpu is None else [self.gpu]
+
+    @property
+    def split(self) -> bool:
+        "Whether vLLM splits it over several cards."
+        return self.tensor_parallel_size * self.pipeline_parallel_size > 1
 
 @dataclass
 class MemoryPlan:
@@ -57,6 +74,17 @@ class MemoryPlan:
     fits_all: bool
     totals: dict
     notes: list
+    hosts: list | None = None  # each host's cards (global indices), e.g. [[0, 1], [2, 3]]; None: one host holds them all
+
+    def host_cards(self) -> list[list[int]]:
+        "Each host's cards (global indices): one host with every card when the plan names no hosts."
+        return [list(h) for h in self.hosts] if self.hosts else [[g.index for g in self.gpus]]
+
+    def locate(self, gpu: int) -> tuple[int, int]:
+        "(host, index on that host) of a card."
+        for h, cs in enumerate(self.host_cards()):
+            if gpu in cs: return h, cs.index(gpu)
+        raise PlanError(f"GPU {gpu} is on none of the plan's hosts {self.host_cards()}")
 
     def by_status(self, status: str) -> list[str]:
         "Model ids with this status."
@@ -70,13 +98,15 @@ class MemoryPlan:
                          "weights_GB": round(p.weight_bytes / 1e9, 2), "kv_GB": round(p.kv_bytes / 1e9, 3),
                          "overhead_GB": round(p.overhead_bytes / 1e9, 2), "footprint_GB": round(p.footprint_bytes / 1e9, 2),
                          "util": p.gpu_memory_utilization, "wake_s_est": p.wake_s_estimate, "reason": p.reason})
+            if self.hosts or any(q.split for q in self.placements):  # only then: a one-host plan's table stays as it was
+                rows[-1] |= {"gpus": p.cards, "tp": p.tensor_parallel_size, "pp": p.pipeline_parallel_size, "host": p.host}
         return rows
 
     def to_dict(self) -> dict:
         "A JSON-able dict of the whole plan."
         return {"gpus": [asdict(g) for g in self.gpus], "settings": self.settings,
                 "placements": [asdict(p) for p in self.placements], "wake_slot": self.wake_slot,
-                "fits_all": self.fits_all, "totals": self.totals, "notes": self.notes}
+                "fits_all": self.fits_all, "totals": self.totals, "notes": self.notes, "hosts": self.hosts}
 
     def summary(self) -> str:
         "A few lines that say what fits and what does not."
@@ -85,7 +115,38 @@ class MemoryPlan:
                  f"{t['demand_GB']:.1f} GB to be resident together ({'fits' if self.fits_all else 'does NOT fit'}).",
                  f"resident {len(self.by_status('resident'))}, sleeping {len(self.by_status('sleeping'))}, "
                  f"dropped {len(self.by_status('dropped'))}"]
+        if self.hosts: lines.append(f"{len(self.hosts)} host(s): " + ", ".join(f"host {h}: GPUs {cs}" for h, cs in enumerate(self.hosts)))
+        split = [p for p in self.placements if p.split]
+        if split: lines.append("split by vLLM: " + ", ".join(f"{p.model} tp {p.tensor_parallel_size} x pp {p.pipeline_parallel_size} "
+                                                            f"on GPUs {p.cards}" for p in split))
         return "\n".join(lines + self.notes)
+
+# %% ../../nbs/09_plan.ipynb #e00859f5
+class HostsError(PlanError):
+    "A hosts spec that cannot be read, or one that disagrees with the GPUs given beside it."
+
+def parse_hosts(spec: str, # 'Nx(INVENTORY)' terms joined by '+', e.g. '2x(2xH100-80GB)'; a bare inventory is one host
+               ) -> list[list[GPU]]:
+    "The hosts of a deployment, each a list of its GPUs (indexed from 0 on each host)."
+    if not isinstance(spec, str) or not spec.strip(): raise HostsError(f"hosts {spec!r} is empty; write e.g. '2x(2xH100-80GB)'")
+    s = spec.replace(" ", "")
+    if "(" not in s: return [parse_gpus(s)]
+    hosts = []
+    for term in re.split(r"\+(?![^(]*\))", s):
+        m = re.fullmatch(r"(?:(\d+)x)?\(([^()]+)\)", term)
+        if not m: raise HostsError(f"hosts term {term!r} in {spec!r} is not 'Nx(INVENTORY)', e.g. '2x(2xH100-80GB)'")
+        n = int(m.group(1) or 1)
+        if not 1 <= n <= 64: raise HostsError(f"host count {n} in {term!r} must be in 1..64")
+        hosts += [parse_gpus(m.group(2)) for _ in range(n)]
+    return hosts
+
+def host_inventory(hosts: list[list[GPU]]) -> tuple[list[GPU], list[list[int]]]:
+    "Every host's cards numbered together (host 0's first), and each host's indices among them."
+    cards, idx = [], []
+    for h in hosts:
+        idx.append(list(range(len(cards), len(cards) + len(h))))
+        cards += [GPU(len(cards) + j, g.name, g.total_bytes) for j, g in enumerate(h)]
+    return cards, idx
 
 # %% ../../nbs/09_plan.ipynb #e7ac9a7e
 def resolve_models(models: str | Iterable[str], table: dict[str, ModelSpec]) -> list[ModelSpec]:
@@ -123,19 +184,20 @@ def _first_fit(items, free):
         else: left.append(key)
     return where, left
 
-def place(gpus: list[GPU], fps: list[Placement], stage1_bytes: float, residual_b: float):
-    "Best plan over wake-slot sizes: fewest dropped, then most resident, then most free room."
+def place(gpus: list[GPU], fps: list[Placement], stage1_bytes: float, residual_b: float, home: list[int] | None = None):
+    "Best plan over wake-slot sizes: fewest dropped, then most resident, then most free room; Stage 1 and the slot on `home` cards."
     vlms = sorted([p for p in fps if p.tier in VLM_TIERS],
                   key=lambda p: (PLACEMENT_PRIORITY[p.tier], -p.footprint_bytes))
     caps = [g.total_bytes for g in gpus]
     best = None
     slot_sizes = sorted({0.0} | {p.footprint_bytes for p in vlms}, reverse=True)
-    slot_gpus = sorted(range(len(gpus)), key=lambda i: -caps[i])[:1] + ([len(gpus) - 1] if len(gpus) > 1 else [])
+    hl = list(home) if home else list(range(len(gpus)))
+    slot_gpus = sorted(hl, key=lambda i: -caps[i])[:1] + ([hl[-1]] if len(hl) > 1 else [])
     for sg in dict.fromkeys(slot_gpus):
         for S in slot_sizes:
             free = list(caps)
             # the Stage-1 process goes first, on the card with most room
-            s1 = max(range(len(free)), key=lambda i: free[i])
+            s1 = max(hl, key=lambda i: free[i])
             if stage1_bytes > free[s1]: continue
             free[s1] -= stage1_bytes
             sleepers_all = [p for p in vlms if p.footprint_bytes <= S]
@@ -153,6 +215,58 @@ def place(gpus: list[GPU], fps: list[Placement], stage1_bytes: float, residual_b
                 best = (score, dict(where=where, sleepers=sleepers, dropped=dropped, slot=S, slot_gpu=sg if S > 0 else None,
                                     slot_need=slot_need, stage1_gpu=s1, free=list(free)))
     return best[1] if best else None
+
+# %% ../../nbs/09_plan.ipynb #40fdc12d
+def _tp_fits_heads(tp: int, kv_heads: int | None) -> bool:
+    "vLLM splits the KV heads over the tensor-parallel ranks, or replicates them when tp exceeds them."
+    return not kv_heads or kv_heads % tp == 0 or tp % kv_heads == 0
+
+def card_shares(p: Placement) -> dict[int, dict]:
+    "Per card of a placement: its bytes of weights, KV and margin (for a split model an estimate, see above)."
+    cs, tp, pp = p.cards, p.tensor_parallel_size, p.pipeline_parallel_size
+    n = max(1, len(cs))
+    return {g: {"weights": ((p.weight_bytes - p.vision_bytes) / n + (p.vision_bytes / tp if i < tp else 0.0)) if pp > 1
+                           else p.weight_bytes / n,
+                "kv": p.kv_bytes / n, "margin": p.overhead_bytes / n} for i, g in enumerate(cs)}
+
+def split_options(spec: ModelSpec, hosts: list[list[int]]) -> list[dict]:
+    "The ways vLLM could split a model over `hosts` (each a list of card indices): tensor parallel first, fewest cards first."
+    opts = []
+    for h, cs in enumerate(hosts):
+        tp = 2
+        while tp <= len(cs):
+            if _tp_fits_heads(tp, spec.kv_heads): opts.append({"tp": tp, "pp": 1, "hosts": [h]})
+            tp *= 2
+    for pp in range(2, len(hosts) + 1):
+        for h in range(len(hosts) - pp + 1):
+            tp = len(hosts[h])
+            if all(len(hosts[x]) == tp for x in range(h, h + pp)) and _tp_fits_heads(tp, spec.kv_heads):
+                opts.append({"tp": tp, "pp": pp, "hosts": list(range(h, h + pp))})
+    return sorted(opts, key=lambda o: (o["pp"] > 1, o["tp"] * o["pp"]))
+
+def split_as(p: Placement, spec: ModelSpec, tp: int, pp: int, gpus: list[int]) -> Placement:
+    "A copy of `p` split `tp` x `pp` over `gpus` (stage by stage): KV heads replicated past `kv_heads`, the margin on every card."
+    n, ov = tp * pp, p.overhead_bytes
+    kv = p.kv_bytes * max(1.0, tp / spec.kv_heads) if spec.kv_heads else p.kv_bytes
+    return replace(p, gpus=list(gpus), gpu=gpus[0], tensor_parallel_size=tp, pipeline_parallel_size=pp, kv_bytes=kv,
+                   overhead_bytes=ov * n, footprint_bytes=p.weight_bytes + kv + ov * n)
+
+def place_split(p: Placement, spec: ModelSpec, hosts: list[list[int]], cards: list[GPU], free: dict) -> tuple[Placement | None, list[str]]:
+    "`p` split the first way that finds room in `free` (bytes per card, updated), else None; and what each way tried needed."
+    tried = []
+    for o in split_options(spec, hosts):
+        gs = [g for h in o["hosts"] for g in sorted(sorted(hosts[h], key=lambda g: -free[g])[:o["tp"]])]
+        q = split_as(p, spec, o["tp"], o["pp"], gs)
+        sh = card_shares(q)
+        util = max(_util(sum(sh[g].values()), cards[g].total_bytes) for g in gs)
+        need = {g: util * cards[g].total_bytes for g in gs}
+        if all(need[g] <= free[g] + 1e-6 for g in gs):
+            for g in gs: free[g] -= need[g]
+            q.gpu_memory_utilization = util
+            return q, tried
+        how = f"tensor parallel on host {o['hosts'][0]}" if o["pp"] == 1 else f"pipeline parallel over hosts {o['hosts']}"
+        tried.append(f"{o['tp']} x {o['pp']} cards ({how}) with {max(need.values()) / 1e9:.1f} GB free each")
+    return None, tried
 
 # %% ../../nbs/09_plan.ipynb #5a50d659
 def _util(nbytes: float, total: int) -> float:
@@ -173,10 +287,18 @@ def make_plan(gpus: str | list[GPU] = "2xH100-80GB",   # inventory string or par
               deadline_s: float = 9.0,                   # the validator's deadline, to flag slow wakes
               base_port: int = 8001,
               table: dict | None = None,
+              hosts: str | None = None,                  # e.g. '2x(2xL4-24GB)': the cards of several hosts (instead of `gpus`)
              ) -> MemoryPlan:
-    "Place `models` on `gpus`: residents, sleepers (with wake-cost estimates) and dropped models."
+    "Place `models` on `gpus` (or `hosts`): residents, sleepers (with wake-cost estimates), split and dropped models."
     table = table or load_models()
     cards = parse_gpus(gpus) if isinstance(gpus, str) else list(gpus)
+    host_idx = None
+    if hosts is not None:
+        cards, host_idx = host_inventory(parse_hosts(hosts))
+        given = [g.name for g in (parse_gpus(gpus) if isinstance(gpus, str) else gpus)] if gpus else None
+        if given and gpus != "2xH100-80GB" and given != [g.name for g in cards]:
+            raise HostsError(f"gpus {gpus!r} and hosts {hosts!r} name different cards: give hosts alone (it holds every host's cards)")
+    home = host_idx[0] if host_idx and len(host_idx) > 1 else None
     specs = resolve_models(models, table)
     kv_dtype_spec(kv_dtype)
     for k, v in dict(max_model_len=max_model_len, max_num_seqs=max_num_seqs).items():
@@ -190,14 +312,16 @@ def make_plan(gpus: str | list[GPU] = "2xH100-80GB",   # inventory string or par
     if stage1: stage1[0].overhead_bytes = stage1_overhead_gib * GiB
     for p in stage1: p.footprint_bytes = p.weight_bytes + p.overhead_bytes
     residual_b = sleep_residual_gib * GiB
-    best = place(cards, fps, stage1_bytes, residual_b)
+    best = place(cards, fps, stage1_bytes, residual_b, home)
     cap = sum(g.total_bytes for g in cards)
-    if best is None or (not best["where"] and not best["sleepers"] and not stage1):
+    def too_small():
         smallest = min(fps, key=lambda p: p.footprint_bytes)
-        raise InventoryTooSmall(f"GPU inventory {gpus if isinstance(gpus, str) else [g.name for g in cards]!r} "
-                                f"({cap / 1e9:.1f} GB) cannot hold even one model: the smallest, {smallest.model!r}, "
-                                f"needs {smallest.footprint_bytes / 1e9:.1f} GB"
-                                + (f" and the Stage-1 group {stage1_bytes / 1e9:.1f} GB" if stage1 else ""))
+        inv = hosts if hosts is not None else gpus if isinstance(gpus, str) else [g.name for g in cards]
+        return InventoryTooSmall(f"GPU inventory {inv!r} "
+                                 f"({cap / 1e9:.1f} GB) cannot hold even one model: the smallest, {smallest.model!r}, "
+                                 f"needs {smallest.footprint_bytes / 1e9:.1f} GB"
+                                 + (f" and the Stage-1 group {stage1_bytes / 1e9:.1f} GB" if stage1 else ""))
+    if best is None: raise too_small()
     port = base_port
     for p in stage1:
         p.status, p.gpu, p.reason = "resident", best["stage1_gpu"], "Stage-1 process (always resident)"
@@ -227,15 +351,33 @@ def make_plan(gpus: str | list[GPU] = "2xH100-80GB",   # inventory string or par
                 notes.append(f"{p.model}: estimated wake {p.wake_s_estimate} s exceeds the {deadline_s} s deadline: "
                              "only useful when woken ahead of need")
         used[sg] += best["slot_need"]
+    # models larger than every card: split with vLLM's parallelism in the room the placement left
+    big, hidx = max(g.total_bytes for g in cards), host_idx or [[g.index for g in cards]]
+    free, specs_by, tried, dropped = {g.index: g.total_bytes - used[g.index] for g in cards}, {m.id: m for m in specs}, {}, []
     for k in best["dropped"]:
+        q = None
+        if by[k].footprint_bytes > big: q, tried[k] = place_split(by[k], specs_by[k], hidx, cards, free)
+        if q is None: dropped.append(k); continue
+        q.status, q.port, port = "resident", port, port + 1
+        q.reason = (f"{q.tier} tier, larger than a card: vLLM tensor parallel {q.tensor_parallel_size} x pipeline parallel "
+                    f"{q.pipeline_parallel_size} on GPUs {q.gpus} (shares are estimates)")
+        for g in q.gpus: used[g] += q.gpu_memory_utilization * cards[g].total_bytes
+        fps[fps.index(by[k])] = by[k] = q
+    if not [p for p in fps if p.status != "dropped"]: raise too_small()
+    for p in fps:
+        if p.status != "dropped": p.gpus, p.host = p.cards, (next(h for h, cs in enumerate(hidx) if p.gpu in cs))
+    for k in dropped:
         p = by[k]
         p.status = "dropped"
-        big = max(g.total_bytes for g in cards)
-        p.reason = (f"footprint {p.footprint_bytes / 1e9:.1f} GB exceeds every card ({big / 1e9:.1f} GB); "
-                    "tensor parallel is not planned" if p.footprint_bytes > big else
+        n_cards = sorted({len(cs) for cs in hidx})
+        p.reason = (f"footprint {p.footprint_bytes / 1e9:.1f} GB exceeds every card ({big / 1e9:.1f} GB); split with vLLM's "
+                    "parallelism it needs " + " or ".join(tried[k]) + ", and no such room is left" if p.footprint_bytes > big and tried[k] else
+                    f"footprint {p.footprint_bytes / 1e9:.1f} GB exceeds every card ({big / 1e9:.1f} GB), and {len(hidx)} host(s) of "
+                    f"{n_cards} card(s) allow no split (tensor parallel needs 2+ cards on one host, pipeline parallel 2+ hosts)"
+                    if p.footprint_bytes > big else
                     f"no room: footprint {p.footprint_bytes / 1e9:.1f} GB, no card or wake slot left for it")
     demand = stage1_bytes + sum(p.footprint_bytes for p in fps if p.tier not in STAGE1_TIERS)
-    fits_all = not sleepers and not best["dropped"]
+    fits_all = not sleepers and not dropped
     if not fits_all:
         notes.insert(0, f"Not everything fits: resident demand {demand / 1e9:.1f} GB vs {cap / 1e9:.1f} GB of GPU memory "
                         f"(weights alone {sum(p.weight_bytes for p in fps) / 1e9:.1f} GB).")
@@ -243,12 +385,16 @@ def make_plan(gpus: str | list[GPU] = "2xH100-80GB",   # inventory string or par
     if made:
         notes.append("no official checkpoint at the planned precision (make it with llm-compressor, compression.quant): "
                      + ", ".join(made))
+    for p in fps:
+        if p.split: notes.append(f"{p.model}: split by vLLM, tensor parallel {p.tensor_parallel_size} x pipeline parallel "
+                                 f"{p.pipeline_parallel_size} on GPUs {p.gpus}, {max(sum(s.values()) for s in card_shares(p).values()) / 1e9:.1f} GB "
+                                 "per card (estimate: weights and KV split evenly, the margin on every card)")
     if sleepers:
         notes.append(f"sleep level {level}: sleeping weights {sleep_weights / 1e9:.1f} GB vs host RAM budget {host_ram_gib} GiB")
     # vLLM start-up check in start order: free >= util * total for each server
     for g in cards:
         acc = stage1_bytes / g.total_bytes if (stage1 and g.index == best["stage1_gpu"]) else 0.0
-        for p in [q for q in fps if q.gpu == g.index and q.gpu_memory_utilization]:
+        for p in sorted([q for q in fps if g.index in q.cards and q.gpu_memory_utilization], key=lambda q: q.split):
             ok = p.gpu_memory_utilization <= 1.0 - acc + 1e-9
             if not ok: notes.append(f"start-up check would fail for {p.model} on GPU {g.index}")
             acc += p.gpu_memory_utilization if p.status == "resident" else residual_b / g.total_bytes
@@ -261,7 +407,7 @@ def make_plan(gpus: str | list[GPU] = "2xH100-80GB",   # inventory string or par
                     disk_gbps=disk_gbps, deadline_s=deadline_s, estimates=["wake_s_estimate", "overhead margins"])
     slot = ({"gpu": best["slot_gpu"], "bytes": best["slot_need"], "largest_sleeper_bytes": best["slot"]}
             if best["slot"] else None)
-    return MemoryPlan(cards, settings, fps, slot, fits_all, totals, notes)
+    return MemoryPlan(cards, settings, fps, slot, fits_all, totals, notes, host_idx)
 
 # %% ../../nbs/09_plan.ipynb #8289922e
 def plot_gpu(plan: MemoryPlan, gpu: int, path: str | Path | None = None):
@@ -275,9 +421,10 @@ def plot_gpu(plan: MemoryPlan, gpu: int, path: str | Path | None = None):
     if s1: segs.append(("Stage-1 process", sum(p.footprint_bytes for p in s1), "#777777"))
     cmap = {"fast": "#4c9be8", "power": "#f0a030", "precision": "#d05050"}
     for p in plan.placements:
-        if p.gpu == gpu and p.status == "resident" and p.tier in cmap:
-            segs += [(f"{p.model} weights", p.weight_bytes, cmap[p.tier]), (f"{p.model} KV", p.kv_bytes, "#90d090"),
-                     (f"{p.model} margin", p.overhead_bytes, "#dddddd")]
+        if gpu in p.cards and p.status == "resident" and p.tier in cmap:
+            s, part = card_shares(p)[gpu], f" (1/{len(p.cards)}, est.)" if p.split else ""
+            segs += [(f"{p.model} weights{part}", s["weights"], cmap[p.tier]), (f"{p.model} KV{part}", s["kv"], "#90d090"),
+                     (f"{p.model} margin", s["margin"], "#dddddd")]
     if plan.wake_slot and plan.wake_slot["gpu"] == gpu:
         n = sum(p.status == "sleeping" for p in plan.placements)
         segs.append((f"wake slot ({n} sleeping servers take turns)", plan.wake_slot["bytes"], "#b070d0"))
@@ -290,7 +437,8 @@ def plot_gpu(plan: MemoryPlan, gpu: int, path: str | Path | None = None):
     ax.axhline(g.total_bytes / 1e9, color="black", ls="--")
     ax.text(-0.25, g.total_bytes / 1e9 + 1, f"{g.name} total {g.total_bytes / 1e9:.1f} GB", fontsize=8)
     ax.set_xlim(-0.4, 2.0); ax.set_xticks([]); ax.set_ylabel("GB")
-    ax.set_title(f"GPU {gpu} ({g.name}): {bottom:.1f} GB planned")
+    where = f"host {plan.locate(gpu)[0]}, " if plan.hosts else ""
+    ax.set_title(f"GPU {gpu} ({where}{g.name}): {bottom:.1f} GB planned")
     fig.tight_layout()
     if path: fig.savefig(path, dpi=90)
     plt.close(fig)

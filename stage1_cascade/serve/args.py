@@ -213,7 +213,8 @@ def stack_configs(plan: MemoryPlan, table: dict | None = None, lmcache: bool = F
                          max_num_seqs=st["max_num_seqs"], trust_remote_code=m.trust_remote_code, served_model_name=m.id,
                          lmcache=LMCacheSettings() if lmcache else None, api_key=api_key,
                          host=host if p.status == "resident" else "127.0.0.1")
-        if kv_budget == "bytes": sc.kv_cache_memory_bytes = int(math.ceil(p.kv_bytes))
+        sc.tensor_parallel_size = p.tensor_parallel_size  # a model larger than a card: vLLM's tensor parallel (the planner's)
+        if kv_budget == "bytes": sc.kv_cache_memory_bytes = int(math.ceil(p.kv_bytes / p.tensor_parallel_size / p.pipeline_parallel_size))
         else: sc.gpu_memory_utilization = p.gpu_memory_utilization
         out[p.model] = sc
     return out
@@ -245,17 +246,27 @@ def serve_script(plan: MemoryPlan, configs: dict[str, StackConfig], lmcache_dir:
          " echo \"server on port $1 did not become healthy\" >&2; return 1; }", ""]
     s1 = [p for p in plan.placements if p.tier in STAGE1_TIERS and p.status == "resident"]
     if s1: L.append(f"# Stage-1 process ({len(s1)} models) runs on GPU {s1[0].gpu}: started by the miner, not here.")
+    multi = len(plan.host_cards()) > 1
+    if multi: L += ["# Several hosts: run this script on each with S1C_HOST_INDEX=<n> (0: the miner's); servers beyond host 0",
+                    "# must listen beyond loopback (plan --host). `stage1-cascade deploy render` writes all of that for you.", ""]
     order = sorted([p for p in plan.placements if p.model in configs], key=lambda p: (p.status != "resident", p.gpu, p.port))
     for p in order:
-        sc = configs[p.model]
-        env = serve_env(sc, f"{lmcache_dir}/{p.model}.yaml", "$S1C_KEY") | {"CUDA_VISIBLE_DEVICES": str(p.gpu)}
+        sc, (h, _) = configs[p.model], plan.locate(p.gpu)
+        if p.pipeline_parallel_size > 1:
+            L += [f"# {p.model}: pipeline parallel {p.pipeline_parallel_size} over GPUs {p.cards} on several hosts runs under Ray:",
+                  "# not started here; `stage1-cascade deploy render` writes its Ray head and workers.", ""]
+            continue
+        local = ",".join(str(plan.locate(g)[1]) for g in p.cards)
+        env = serve_env(sc, f"{lmcache_dir}/{p.model}.yaml", "$S1C_KEY") | {"CUDA_VISIBLE_DEVICES": local}
         envs = " ".join(f"{k}={shlex.quote(v) if v != '$S1C_KEY' else chr(34) + v + chr(34)}" for k, v in env.items())
-        L.append(f"# {p.model}: {p.status} on GPU {p.gpu}, footprint {p.footprint_bytes / 1e9:.1f} GB")
+        if multi: L.append(f'if [ "${{S1C_HOST_INDEX:-0}}" = {h} ]; then')
+        L.append(f"# {p.model}: {p.status} on GPU {','.join(map(str, p.cards))}, footprint {p.footprint_bytes / 1e9:.1f} GB")
         L.append(f"{envs} nohup {shlex.join(serve_args(sc))} > logs/{p.model}.log 2>&1 &")
         L.append(f"wait_healthy {sc.port}")
         if p.status == "sleeping":
             L.append(f"curl -sf -X POST 'http://127.0.0.1:{sc.port}/sleep?level={p.sleep_level}'  "
                      f"# wake: POST /wake_up (estimate {p.wake_s_estimate} s)")
+        if multi: L.append("fi")
         L.append("")
     return "\n".join(L) + "\n"
 
@@ -270,10 +281,11 @@ def plan(gpus: str = "2xH100-80GB",   # GPU inventory, e.g. '2xH100-80GB'
          host: str = "127.0.0.1",      # where resident servers listen (beyond loopback only if asked; sleepers never)
          api_key: bool = True,         # servers want the fleet's API key (turn off only if asked)
          base_port: int = 8001,        # the first server's port; the others follow
+         hosts: str | None = None,     # e.g. '2x(2xL4-24GB)': several hosts' cards (instead of `gpus`)
         ) -> MemoryPlan:
     "Plan the models on the GPUs; with `out`, write plan.json, one PNG per GPU, serve.sh and LMCache files."
     p = make_plan(gpus, models, kv_dtype=kv_dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs, weights=weights,
-                  base_port=base_port)
+                  base_port=base_port, hosts=hosts)
     if out is None: return p
     cfgs = stack_configs(p, lmcache=lmcache, host=host, api_key=api_key)
     for sc in cfgs.values():  # every command validates, and is as secure as asked, before anything is written

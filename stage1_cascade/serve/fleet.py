@@ -63,12 +63,12 @@ class ServerSpec:
     def url(self)->str: return f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '::') else self.host}:{self.port}"
 
 def load_plan(plan_dir)->MemoryPlan:
-    "The `MemoryPlan` saved in `plan_dir/plan.json`."
+    "The `MemoryPlan` saved in `plan_dir/plan.json` (one written before hosts and split models existed too)."
     path = Path(plan_dir)/"plan.json"
     try: d = json.loads(path.read_text())
     except (OSError, ValueError) as e: raise FleetError(f"no readable plan at {path} ({e}): run `stage1-cascade plan --out {plan_dir}` first") from None
     return MemoryPlan([GPU(**g) for g in d["gpus"]], d["settings"], [Placement(**p) for p in d["placements"]],
-                      d["wake_slot"], d["fits_all"], d["totals"], d["notes"])
+                      d["wake_slot"], d["fits_all"], d["totals"], d["notes"], d.get("hosts"))
 
 def vllm_command(argv:Sequence[str], python:str|None=None)->list[str]:
     "`vllm serve ...` run by the vLLM environment's interpreter (S1C_VLLM_PYTHON, or the python beside a `vllm` on PATH)."
@@ -89,11 +89,14 @@ def fleet_specs(plan:"MemoryPlan|str|Path", # a plan, or a folder holding plan.j
     cfgs = stack_configs(p, host=host)
     timeout = start_timeout_s or p.settings.get("start_timeout_s") or (GPU_START_TIMEOUT_S if mode == "gpu" else CPU_START_TIMEOUT_S)
     out = []
+    if multi := [x.model for x in p.placements if x.model in cfgs and x.pipeline_parallel_size > 1]:
+        raise FleetError(f"{multi}: pipeline parallel across hosts runs on a Ray cluster, not under this one-host fleet: "
+                         "deploy it with `stage1-cascade deploy render` (its compose starts the Ray head and workers)")
     for pl in sorted((x for x in p.placements if x.model in cfgs), key=lambda x: (x.gpu, x.status != "resident", x.port)):
         sc = cfgs[pl.model]; argv = serve_args(sc); env = serve_env(sc)
         validate_serve_args(argv)
         check_secure(argv, {**env, "VLLM_API_KEY": "set at start"}, allow_remote=not is_loopback(host))
-        if mode == "gpu": cmd, env = vllm_command(argv, python), {**env, "CUDA_VISIBLE_DEVICES": str(pl.gpu)}
+        if mode == "gpu": cmd, env = vllm_command(argv, python), {**env, "CUDA_VISIBLE_DEVICES": ",".join(str(p.locate(g)[1]) for g in pl.cards)}
         else: cmd = standin_command(argv, scorer, pl.weight_bytes)
         out.append(ServerSpec(pl.model, pl.tier, pl.gpu, sc.host, sc.port, sc.served_model_name, pl.status == "sleeping",
                               pl.sleep_level, pl.weight_bytes, pl.wake_s_estimate, cmd, env, float(timeout)))
