@@ -355,7 +355,7 @@ def deploy_ssh(host: list[str] = _HOST_OPT, port: Optional[list[int]] = _SSH_POR
                 min_score=min_score, rounds=rounds, health_timeout_s=health_timeout, install=install,
                 env=dict(e.split("=", 1) for e in env))
     if min_score is None: err_console.print("note: no --min-score: the validator reports, it does not gate")
-    fetch = out or (Path("runs")/"deploy-<new>" if dry_run else new_run_dir("deploy", {"host": host, "plan": str(plan)}))
+    fetch = out or (Path("runs")/"deploy-<new>" if dry_run else new_run_dir("deploy", {"host": host[0] if len(host) == 1 else host, "plan": str(plan)}))
     ax = AxonStart(axon_wallet, axon_port, axon_hotkey, allowlist=axon_allowlist) if axon_wallet else None
     if len(ds) == 1 and not hosts and not ax:   # one host: `deploy.ssh.ship`, as before
         r = ship(ds[0], plan, repo, fetch_to=fetch, dry_run=dry_run)

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..core import S1CError, atomic_write_json
-from .render import RenderError, parse_hosts
+from .render import parse_hosts
 from .ssh import (Deploy, DeployError, Step, _current, _plan_steps, _render, _start_cmds, _stop_cmd,
-                                       pack_source, release_plan, status)
+    pack_source, release_plan, status)
+from ..serve.fleet import api_key_file
 from ..serve.registry import Registry, RegistryError
 
 # %% auto #0
@@ -73,12 +74,12 @@ def default_addresses(deploys:Sequence[Deploy])->list[str]:
     return [d.target.dest.rsplit("@", 1)[-1] for d in deploys]
 
 # %% ../../nbs/15b_deploy_hosts.ipynb #e9d9b223
-def merge_registries(regs:Sequence[dict], api_key_file:str)->Registry:
+def merge_registries(regs:Sequence[dict], key_file:str)->Registry:
     "One registry over every host's fleet registry: host 0's control URL (its sleepers), the one shared key file."
     models = [m for r in regs for m in r["models"]]
     dup = sorted({m["model"] for m in models if sum(x["model"] == m["model"] for x in models) > 1})
     if dup: raise HostsError(f"models served on two hosts: {dup}; a model is placed on one card", "registry")
-    return Registry(models, api_key_file, regs[0].get("control_url"))
+    return Registry(models, key_file, regs[0].get("control_url"))
 
 # %% ../../nbs/15b_deploy_hosts.ipynb #14f70dfb
 @dataclass
@@ -92,13 +93,16 @@ class AxonStart:
     ip: str = "0.0.0.0"
 
     def command(self, d:Deploy, rel:str, miner_port:int)->str:
-        "The shell line (run in the release's source tree): make or check the axon's environment, start the axon in the background, its PID in ../axon.pid."
-        al = self.allowlist if self.allowlist.startswith(("/", "~")) else f"$HOME/{d.root}/{self.allowlist}" if not d.root.startswith("/") else f"{d.root}/{self.allowlist}"
-        argv = [".venv/bin/stage1-cascade", "axon", "--wallet-name", self.wallet_name, "--wallet-path", self.wallet_path,
-                "--hotkey", self.hotkey, "--allowlist", al, "--miner-url", f"http://127.0.0.1:{miner_port}",
-                "--ip", self.ip, "--port", str(self.port)]
+        "The shell line (in the release's source tree): check or make the axon's environment, start the axon (PID in ../axon.pid), wait until it listens."
+        al = self.allowlist if self.allowlist.startswith(("/", "~")) else f"{d.root}/{self.allowlist}" if d.root.startswith("/") else f"$HOME/{d.root}/{self.allowlist}"
+        q = shlex.quote
+        args = ["--wallet-name", q(self.wallet_name), "--wallet-path", self.wallet_path, "--hotkey", q(self.hotkey), "--allowlist", al,
+                "--miner-url", f"http://127.0.0.1:{miner_port}", "--ip", self.ip, "--port", str(self.port)]
         return (d.envp(rel) + ".venv/bin/stage1-cascade axon --setup && "   # its side environment: made once, checked after
-                f"(setsid nohup {' '.join(argv)} > ../axon.log 2>&1 < /dev/null & echo $! > ../axon.pid)")
+                f"cmd=$(.venv/bin/stage1-cascade axon {' '.join(args)} --print) && ready=${{cmd##* }} && "   # the verb checks wallet and allowlist
+                "(setsid nohup $cmd > ../axon.log 2>&1 < /dev/null & echo $! > ../axon.pid) && "
+                "for i in $(seq 240); do [ -f \"$ready\" ] && break; kill -0 $(cat ../axon.pid) 2>/dev/null || break; sleep 0.5; done; "
+                "[ -f \"$ready\" ] || { echo the axon did not start; tail -n 30 ../axon.log; exit 1; }")
 
 def _stop(d:Deploy, rel:str)->str:
     "Stop a release on a host: its axon (when it has one), its miner and its fleet."
@@ -114,20 +118,14 @@ class HostStep:
     fn: Callable|None = None
     def line(self)->str: return f"host{self.host} " + self.step.line()
 
-def _switch(d:Deploy, ts:str)->str:
-    return f"cd {shlex.quote(d.root)} && ln -sfn releases/{ts} current.new && mv -T current.new current && echo {ts} >> history"
-
 def _unswitch(d:Deploy, ts:str, prev:str)->str:
+    "Point `current` back at `prev` and drop `ts` from the history (a host switched before another host failed)."
     return (f"cd {shlex.quote(d.root)} && ln -sfn releases/{prev} current.new && mv -T current.new current && "
             f"grep -v -x {ts} history > history.new; mv history.new history")
 
 # %% ../../nbs/15b_deploy_hosts.ipynb #dadebe50
-def _key(path:Path)->Path:
-    "A new API key file (0600, 32 random bytes): the one key every host's servers ask for."
-    from stage1_cascade.serve.fleet import api_key_file
-    return api_key_file(path)
-
 def _copy_secret(src:Path, dst:Path):
+    "Copy a key file, created owner-only (never readable by others, not even for an instant)."
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f: f.write(src.read_text())
@@ -150,8 +148,7 @@ def _host_steps(ds:list[Deploy], ts:str, slots:list[int], stages:list[Path], cur
     st.append(HostStep(0, Step("registry", f"merge the {n} hosts' fleet registries (a snapshot) into {rel0}/registry.json for the miner"), merge))
     st += [HostStep(0, per[0][k]) for k in ("miner", "health", "validate", "notebooks") if k in per[0]]
     if axon: st.append(HostStep(0, Step("axon", f"start the axon on {axon.ip}:{axon.port} (wallet {axon.wallet_name}, hotkey {axon.hotkey})",
-                                         remote=axon.command(d0, rel0, d0.port(slots[0])) + " && sleep 3 && kill -0 $(cat ../axon.pid) || "
-                                                "{ tail -n 30 ../axon.log; exit 1; }", timeout_s=120)))
+                                         remote=axon.command(d0, rel0, d0.port(slots[0])), timeout_s=300)))
     if fetch_to is not None:
         got = [f"{d0.target.dest}:{rel0}/validate"] + ([f"{d0.target.dest}:{rel0}/src/_runs/gpu"] if d0.mode == "gpu" else [])
         st.append(HostStep(0, Step("fetch", f"fetch host 0's validator run folder into {fetch_to}/", argv=["scp", "-q", "-r", *d0.target.options("-P"), *got, f"{fetch_to}/"])))
@@ -182,7 +179,7 @@ def ship_hosts(deploys:Sequence[Deploy], # one per host, host 0 (the miner's) fi
     slots = [1 - c["slot"] if c else 0 for c in curs]
     stage = Path(tempfile.mkdtemp(prefix="s1c-hosts-"))
     try:
-        key = _key(stage/"secret"/"api_key")
+        key = api_key_file(stage/"secret")   # the one key every host's servers ask for: 0600, 32 random bytes
         pack_source(repo, stage/"src.tar.gz")
         stages, infos = [], []
         for h, (d, p) in enumerate(zip(ds, plans)):
@@ -279,7 +276,7 @@ def rollback_hosts(deploys:Sequence[Deploy])->dict:
     if ax:
         a = AxonStart(**ax)
         steps.append(HostStep(0, Step("axon", f"start the axon on {a.ip}:{a.port} (release {prev})",
-                                      remote=a.command(ds[0], ds[0].rel(prev), infos[0]["miner_port"]), timeout_s=120)))
+                                      remote=a.command(ds[0], ds[0].rel(prev), infos[0]["miner_port"]), timeout_s=300)))
     point = lambda d, r: f"cd {shlex.quote(d.root)} && ln -sfn releases/{r} current.new && mv -T current.new current"
     steps += [HostStep(h, Step("switch", f"point {d.root}/current back at releases/{prev}", remote=point(d, prev))) for h, d in enumerate(ds)]
     steps += [HostStep(h, Step("stop-previous", f"stop release {ts}, drop it from the history", timeout_s=120, remote=
