@@ -145,7 +145,8 @@ def _host_steps(ds:list[Deploy], ts:str, slots:list[int], stages:list[Path], cur
         f = per[h]["fleet"]
         st.append(HostStep(h, replace(f, what=f.what + f", listening on {addresses[h]}", remote=f.remote + f" --host {shlex.quote(addresses[h])}")))
     st.append(HostStep(0, per[0]["fleet"]))
-    st.append(HostStep(0, Step("registry", f"merge the {n} hosts' fleet registries (a snapshot) into {rel0}/registry.json for the miner"), merge))
+    st.append(HostStep(0, Step("registry", f"merge the {n} hosts' fleet registries (a snapshot) into {rel0}/registry.json for the miner: "
+                                                  "each host's plan/fleet/registry.json read over ssh, merged here, sent with scp"), merge))
     st += [HostStep(0, per[0][k]) for k in ("miner", "health", "validate", "notebooks") if k in per[0]]
     if axon: st.append(HostStep(0, Step("axon", f"start the axon on {axon.ip}:{axon.port} (wallet {axon.wallet_name}, hotkey {axon.hotkey})",
                                          remote=axon.command(d0, rel0, d0.port(slots[0])), timeout_s=300)))
