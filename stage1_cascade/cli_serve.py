@@ -348,7 +348,7 @@ def deploy_ssh(host: list[str] = _HOST_OPT, port: Optional[list[int]] = _SSH_POR
                dry_run: bool = typer.Option(False, "--dry-run", help="Print every file and command; contact nobody.")):
     "Send a release to a host, start it beside the current one, gate it (health, validator), then switch and stop the old."
     from stage1_cascade.deploy.ssh import ship
-    from stage1_cascade.deploy.hosts import AxonStart, ship_hosts
+    from stage1_cascade.deploy.hosts import AxonStart, host_gpus, ship_hosts
     bad = [e for e in env if "=" not in e or not e.split("=", 1)[0].isidentifier()]
     if bad: raise typer.BadParameter(f"--env {bad[0]!r} is not KEY=VALUE")
     ds = _deploys(host, port, key, known_hosts, root, miner_port, port_offset, mode=mode or get_settings().mode,
@@ -357,7 +357,8 @@ def deploy_ssh(host: list[str] = _HOST_OPT, port: Optional[list[int]] = _SSH_POR
     if min_score is None: err_console.print("note: no --min-score: the validator reports, it does not gate")
     fetch = out or (Path("runs")/"deploy-<new>" if dry_run else new_run_dir("deploy", {"host": host[0] if len(host) == 1 else host, "plan": str(plan)}))
     ax = AxonStart(axon_wallet, axon_port, axon_hotkey, allowlist=axon_allowlist) if axon_wallet else None
-    if len(ds) == 1 and not hosts and not ax:   # one host: `deploy.ssh.ship`, as before
+    planned = len(host_gpus(json.loads((plan/"plan.json").read_text()))) if (plan/"plan.json").exists() else 1   # plan.json's hosts
+    if len(ds) == 1 and not hosts and not ax and planned == 1:   # one host: `deploy.ssh.ship`, as before
         r = ship(ds[0], plan, repo, fetch_to=fetch, dry_run=dry_run)
         if not dry_run: console.print(f"release {r['release']} is current on {host[0]}:{ds[0].root} (miner 127.0.0.1:{r['miner_port']}); figures: {fetch}")
         if not dry_run: console.print("no axon was started (no --axon-wallet)")
