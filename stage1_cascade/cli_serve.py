@@ -300,24 +300,39 @@ def deploy_render(plan: Path = typer.Option(..., "--plan", help="Plan folder (st
     typer.echo(_fill("no image was built here: build them on the host (docker-compose build)"))
 
 # %% ../nbs/98a_cli_serve.ipynb #b84e13f1
-_HOST_OPT = typer.Option(..., "--host", help="USER@HOST (or a Host alias of ~/.ssh/config).")
-_SSH_PORT_OPT = typer.Option(None, "--port", help="sshd's port (default: ssh's own).")
-_KEY_OPT = typer.Option(None, "--key", help="Private key file (default: the agent, ssh's defaults).")
+_HOST_OPT = typer.Option(..., "--host", help="USER@HOST (or a Host alias of ~/.ssh/config); repeat for several hosts, host 0 (the miner's) first.")
+_SSH_PORT_OPT = typer.Option(None, "--port", help="sshd's port (default: ssh's own); once for all hosts or once per --host.")
+_KEY_OPT = typer.Option(None, "--key", help="Private key file (default: the agent, ssh's defaults); once for all or once per --host.")
 _KNOWN_OPT = typer.Option(None, "--known-hosts", help="Known-hosts file (default: ssh's own; a new host key is accepted once).")
-_ROOT_OPT = typer.Option("stage1", "--root", help="Deploy folder on the host (relative: under the login's home).")
+_ROOT_OPT = typer.Option(None, "--root", help="Deploy folder on the host (default stage1: under the login's home); once for all or per --host.")
 _MPORT_OPT = typer.Option(8000, "--miner-port", help="Slot 0's miner port (slot 1 adds --port-offset).")
 _OFFSET_OPT = typer.Option(100, "--port-offset", help="Added to every port of slot 1.")
+_HOSTS_OPT = typer.Option(None, "--hosts", help="The hosts' cards, e.g. 2x(1xL4-24GB): the plan cut by host (default: plan.json's, else one).")
+_ADDR_OPT = typer.Option(None, "--addresses", help="Hosts' addresses on their network: A,B,...; host 0 first (default: the --host names).")
 
 def _deploy(host, port, key, known_hosts, root, miner_port, port_offset, **kw):
     from stage1_cascade.deploy.ssh import Deploy, SSHTarget
     return Deploy(SSHTarget(host, port, str(key) if key else None, str(known_hosts) if known_hosts else None), root=root,
                   miner_port=miner_port, port_offset=port_offset, log=lambda s: console.print(escape(s), highlight=False, soft_wrap=True), **kw)
 
+def _each(name:str, vals, n:int, default)->list:
+    "One value per host: none given (the default), one (the same on every host), or one per --host."
+    vals = list(vals or [])
+    if len(vals) in (0, 1): return (vals or [default]) * n
+    if len(vals) != n: raise typer.BadParameter(f"{len(vals)} {name} for {n} --host: give one for all hosts or one per --host")
+    return vals
+
+def _deploys(host:list, port, key, known_hosts, root, miner_port, port_offset, **kw)->list:
+    "One `Deploy` per --host, host 0 first; --port, --key, --known-hosts, --root given once apply to every host."
+    n = len(host)
+    return [_deploy(*a, miner_port, port_offset, **kw) for a in zip(host, _each("--port", port, n, None), _each("--key", key, n, None),
+                                                                    _each("--known-hosts", known_hosts, n, None), _each("--root", root, n, "stage1"))]
+
 @deploy_app.command("ssh")
-def deploy_ssh(host: str = _HOST_OPT, port: Optional[int] = _SSH_PORT_OPT, key: Optional[Path] = _KEY_OPT,
-               known_hosts: Optional[Path] = _KNOWN_OPT,
+def deploy_ssh(host: list[str] = _HOST_OPT, port: Optional[list[int]] = _SSH_PORT_OPT, key: Optional[list[Path]] = _KEY_OPT,
+               known_hosts: Optional[list[Path]] = _KNOWN_OPT, hosts: Optional[str] = _HOSTS_OPT, addresses: Optional[str] = _ADDR_OPT,
                plan: Path = typer.Option(..., "--plan", help="Plan folder (stage1-cascade plan --out DIR)."),
-               root: str = _ROOT_OPT, miner_port: int = _MPORT_OPT, port_offset: int = _OFFSET_OPT,
+               root: Optional[list[str]] = _ROOT_OPT, miner_port: int = _MPORT_OPT, port_offset: int = _OFFSET_OPT,
                mode: Optional[str] = typer.Option(None, "--mode", help="cpu (stand-in fleet) or gpu (vLLM, GPU notebooks); default S1C_MODE."),
                min_score: Optional[float] = typer.Option(None, "--min-score", help="The validator's gate: refuse the release below this expected score."),
                rounds: int = typer.Option(200, "--rounds", min=1, help="Shadow-validator challenges."),
@@ -326,40 +341,60 @@ def deploy_ssh(host: str = _HOST_OPT, port: Optional[int] = _SSH_PORT_OPT, key: 
                env: list[str] = typer.Option([], "--env", help="KEY=VALUE for every command on the host (repeat), e.g. S1C_VLLM_PYTHON=/opt/vllm/bin/python."),
                repo: Path = typer.Option(Path("."), "--repo", help="The project checkout to ship (its working tree)."),
                out: Optional[Path] = typer.Option(None, "--out", help="Local run folder for the validator's figures (default: a new one under runs/)."),
+               axon_wallet: Optional[str] = typer.Option(None, "--axon-wallet", help="Start the axon on host 0 after the gate, with this bittensor wallet."),
+               axon_port: int = typer.Option(8091, "--axon-port", help="The axon's port (it listens on 0.0.0.0)."),
+               axon_hotkey: str = typer.Option("default", "--axon-hotkey", help="Hotkey name inside the axon's wallet."),
+               axon_allowlist: str = typer.Option("allowlist.json", "--axon-allowlist", help="The axon's allowlist on host 0 (relative: in --root)."),
                dry_run: bool = typer.Option(False, "--dry-run", help="Print every file and command; contact nobody.")):
     "Send a release to a host, start it beside the current one, gate it (health, validator), then switch and stop the old."
     from stage1_cascade.deploy.ssh import ship
+    from stage1_cascade.deploy.hosts import AxonStart, host_gpus, ship_hosts
     bad = [e for e in env if "=" not in e or not e.split("=", 1)[0].isidentifier()]
     if bad: raise typer.BadParameter(f"--env {bad[0]!r} is not KEY=VALUE")
-    d = _deploy(host, port, key, known_hosts, root, miner_port, port_offset, mode=mode or get_settings().mode,
+    ds = _deploys(host, port, key, known_hosts, root, miner_port, port_offset, mode=mode or get_settings().mode,
                 min_score=min_score, rounds=rounds, health_timeout_s=health_timeout, install=install,
                 env=dict(e.split("=", 1) for e in env))
     if min_score is None: err_console.print("note: no --min-score: the validator reports, it does not gate")
-    fetch = out or (Path("runs")/"deploy-<new>" if dry_run else new_run_dir("deploy", {"host": host, "plan": str(plan)}))
-    r = ship(d, plan, repo, fetch_to=fetch, dry_run=dry_run)
-    if not dry_run: console.print(f"release {r['release']} is current on {host}:{root} (miner 127.0.0.1:{r['miner_port']}); figures: {fetch}")
+    fetch = out or (Path("runs")/"deploy-<new>" if dry_run else new_run_dir("deploy", {"host": host[0] if len(host) == 1 else host, "plan": str(plan)}))
+    ax = AxonStart(axon_wallet, axon_port, axon_hotkey, allowlist=axon_allowlist) if axon_wallet else None
+    planned = len(host_gpus(json.loads((plan/"plan.json").read_text()))) if (plan/"plan.json").exists() else 1   # plan.json's hosts
+    if len(ds) == 1 and not hosts and not ax and planned == 1:   # one host: `deploy.ssh.ship`, as before
+        r = ship(ds[0], plan, repo, fetch_to=fetch, dry_run=dry_run)
+        if not dry_run: console.print(f"release {r['release']} is current on {host[0]}:{ds[0].root} (miner 127.0.0.1:{r['miner_port']}); figures: {fetch}")
+        if not dry_run: console.print("no axon was started (no --axon-wallet)")
+        return
+    r = ship_hosts(ds, plan, hosts, addresses.split(",") if addresses else None, repo, fetch_to=fetch, dry_run=dry_run, axon=ax)
+    if not dry_run: console.print(f"release {r['release']} is current on {len(ds)} host(s) {', '.join(host)} (miner 127.0.0.1:{r['miner_port']} "
+                                  f"on {host[0]}{', axon :' + str(axon_port) if ax else ''}); figures: {fetch}")
 
 @deploy_app.command("rollback")
-def deploy_rollback(host: str = _HOST_OPT, port: Optional[int] = _SSH_PORT_OPT, key: Optional[Path] = _KEY_OPT,
-                    known_hosts: Optional[Path] = _KNOWN_OPT, root: str = _ROOT_OPT,
+def deploy_rollback(host: list[str] = _HOST_OPT, port: Optional[list[int]] = _SSH_PORT_OPT, key: Optional[list[Path]] = _KEY_OPT,
+                    known_hosts: Optional[list[Path]] = _KNOWN_OPT, root: Optional[list[str]] = _ROOT_OPT,
                     mode: Optional[str] = typer.Option(None, "--mode", help="cpu or gpu; default S1C_MODE."),
                     health_timeout: float = typer.Option(900.0, "--health-timeout", min=0.0, help="Seconds the older miner may take to be healthy.")):
     "Start the release before the current one, wait for its health, switch `current` back, stop the replaced one."
     from stage1_cascade.deploy.ssh import rollback
-    r = rollback(_deploy(host, port, key, known_hosts, root, 8000, 100, mode=mode or get_settings().mode, health_timeout_s=health_timeout))
-    console.print(f"release {r['release']} is current again (miner 127.0.0.1:{r['miner_port']}); {r['replaced']} stopped")
+    from stage1_cascade.deploy.hosts import rollback_hosts
+    ds = _deploys(host, port, key, known_hosts, root, 8000, 100, mode=mode or get_settings().mode, health_timeout_s=health_timeout)
+    r = rollback(ds[0]) if len(ds) == 1 else rollback_hosts(ds)
+    console.print(f"release {r['release']} is current again{f' on {len(ds)} hosts' if len(ds) > 1 else ''} (miner 127.0.0.1:{r['miner_port']}); "
+                  f"{r['replaced']} stopped")
 
 @deploy_app.command("status")
-def deploy_status(host: str = _HOST_OPT, port: Optional[int] = _SSH_PORT_OPT, key: Optional[Path] = _KEY_OPT,
-                  known_hosts: Optional[Path] = _KNOWN_OPT, root: str = _ROOT_OPT,
-                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
-    "The current release, the releases on the host, the fleet's servers and the miner's health."
+def deploy_status(host: list[str] = _HOST_OPT, port: Optional[list[int]] = _SSH_PORT_OPT, key: Optional[list[Path]] = _KEY_OPT,
+                  known_hosts: Optional[list[Path]] = _KNOWN_OPT, root: Optional[list[str]] = _ROOT_OPT,
+                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object (several hosts: a list, host 0 first).")):
+    "The current release, the releases on the host, the fleet's servers and the miner's health (each --host in turn)."
     from stage1_cascade.deploy.ssh import status
-    st = status(_deploy(host, port, key, known_hosts, root, 8000, 100))
-    if as_json: typer.echo(json.dumps(st)); return
-    cur = st["current"]
-    console.print(f"current: {cur['release'] if cur else 'none'}; releases: {len(st['releases'])}")
-    if not cur: return
-    console.print(f"miner 127.0.0.1:{cur['miner_port']} /health: {escape(st['miner_health'])}")
-    if "servers" in st["fleet"]: console.print(fleet_table(st["fleet"]))
-    else: err_console.print(f"fleet: {escape(st['fleet'].get('error', ''))}")
+    from stage1_cascade.deploy.hosts import status_hosts
+    ds = _deploys(host, port, key, known_hosts, root, 8000, 100)
+    sts = [status(ds[0])] if len(ds) == 1 else status_hosts(ds)
+    if as_json: typer.echo(json.dumps(sts[0] if len(ds) == 1 else sts)); return
+    for h, st in enumerate(sts):
+        cur = st["current"]
+        console.print(f"{f'host {h} {host[h]}: ' if len(ds) > 1 else ''}current: {cur['release'] if cur else 'none'}; releases: {len(st['releases'])}")
+        if not cur: continue
+        if "miner_health" in st: console.print(f"miner 127.0.0.1:{cur['miner_port']} /health: {escape(st['miner_health'])}")
+        if "servers" in st["fleet"]: console.print(fleet_table(st["fleet"]))
+        else: err_console.print(f"fleet: {escape(st['fleet'].get('error', ''))}")
+

@@ -11,7 +11,7 @@ is a parameter; the CLI's default is the setup script). The code each release ru
 own copy of the source (PYTHONPATH points at it). The validator runs 30 rounds, not 200.
 
 sshd missing: skip outside CI, fail in CI (`.ci/run` installs openssh-server)."""
-import json, os, shlex, shutil, socket, subprocess, sys, time
+import json, os, shlex, subprocess, sys
 from pathlib import Path
 
 import httpx, pytest
@@ -19,45 +19,18 @@ import httpx, pytest
 from stage1_cascade.deploy.ssh import (Deploy, HostUnreachable, KeyRefused, SSHTarget, StepFailed, rollback, ship,
                                        status)
 from stage1_cascade.serve.fleet import free_port_block
+from sshd_helper import free_port as _free_port, keygen as _keygen, start_sshd, stop_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def _free_port() -> int:
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
-
-def _keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=60)
-    return path
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     "An sshd on 127.0.0.1:<free port> that lets this user in with a throw-away key; yields (target, host folder)."
-    if not (os.path.exists(SSHD) and shutil.which("ssh") and shutil.which("scp")):
-        msg = "openssh-server/openssh-client not installed: `apt-get install -y openssh-server`; .ci/run installs it"
-        if os.environ.get("CI"): pytest.fail(msg)
-        pytest.skip(msg)
     d = tmp_path_factory.mktemp("sshd")
-    host_key, user_key = _keygen(d/"host_ed25519"), _keygen(d/"user_ed25519")
-    (d/"authorized_keys").write_text((d/"user_ed25519.pub").read_text())
-    port, user = _free_port(), subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    (d/"sshd_config").write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", f"AuthorizedKeysFile {d/'authorized_keys'}",
-        f"PidFile {d/'sshd.pid'}", "StrictModes no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "PubkeyAuthentication yes", "Subsystem sftp internal-sftp", "UsePAM no", "PermitRootLogin prohibit-password", f"AllowUsers {user}", ""]))
-    if os.geteuid() == 0: os.makedirs("/run/sshd", exist_ok=True)   # sshd's privilege-separation folder
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d/"sshd_config")], stderr=open(d/"sshd.log", "w"))
-    target = SSHTarget(f"{user}@127.0.0.1", port=port, key=str(user_key), known_hosts=str(d/"known_hosts"))
-    for _ in range(100):   # until sshd lets us in (a hang is caught by the 20 s)
-        if subprocess.run(target.ssh_argv("true"), capture_output=True, timeout=30).returncode == 0: break
-        if proc.poll() is not None: pytest.fail(f"sshd exited: {(d/'sshd.log').read_text()}")
-        time.sleep(0.2)
-    else: pytest.fail(f"sshd on {port} never let the test key in: {(d/'sshd.log').read_text()}")
+    target, proc = start_sshd(d)
     yield target, d/"host"
-    proc.terminate(); proc.wait(30)
+    stop_sshd(proc)
 
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,7 @@ class Deploy:
     rounds: int = 200                     # validator challenges
     health_timeout_s: float = 900         # seconds the new miner may take to answer /health
     env: dict = field(default_factory=dict)  # extra environment for every command on the host
+    registry: str = "plan/fleet/registry.json"  # the miner's registry, relative to the release folder (multi-host: a merged one)
     log: Callable[[str], None] = print
 
     def rel(self, ts:str)->str: return f"{self.root}/releases/{ts}"
@@ -152,7 +153,7 @@ class Deploy:
         "cd into a release's source tree with its environment: the release's code first, its fleet's registry."
         extra = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in self.env.items())
         return (f"cd {shlex.quote(rel)}/src && export PYTHONPATH=\"$PWD\" S1C_MODE={self.mode} {_ENV} "
-                f"S1C_REGISTRY=\"$PWD/../plan/fleet/registry.json\" {extra} && ")
+                f"S1C_REGISTRY=\"$PWD/../{self.registry}\" {extra} && ")
 
     def sh(self, step:str, command:str, timeout_s:float=600, check:bool=True)->subprocess.CompletedProcess:
         "Run `command` on the host; a failure raises the typed error naming `step`."
