@@ -41,9 +41,18 @@ def host_gpus(plan:dict, hosts:str|None=None)->list[list[str]]:
     if spec is None: return [[g["name"] for g in plan["gpus"]]]
     try:
         if isinstance(spec, str): return [[g.name for g in h] for h in parse_hosts(spec)]
-        return [[g.name for g in parse_hosts(h)[0]] if isinstance(h, str) else list(h.get("gpus", h) if isinstance(h, dict) else h)
-                for h in spec]
+        names = [g["name"] for g in plan["gpus"]]   # plan.json's own form: each host's global card indices, e.g. [[0, 1], [2, 3]]
+        return [[g.name for g in parse_hosts(h)[0]] if isinstance(h, str) else
+                [names[i] if isinstance(i, int) else i for i in (h.get("gpus", h) if isinstance(h, dict) else h)] for h in spec]
     except S1CError as e: raise HostsError(f"hosts {spec!r}: {e}", "hosts") from None   # a bad spec or an unknown GPU
+
+def _local(p:dict, where:list[tuple[int, int]], h:int)->dict:
+    "A placement with its cards numbered as host `h` numbers them; one split over hosts (pipeline parallel) is refused."
+    cards = p.get("gpus") or [p["gpu"]]
+    if int(p.get("pipeline_parallel_size") or 1) > 1 or any(where[g][0] != h for g in cards):
+        raise HostsError(f"{p['model']} is split over hosts (pipeline parallel {p.get('pipeline_parallel_size')} on cards {cards}): "
+                         "that runs on a Ray cluster, which `deploy render`'s compose file sets up; `deploy ssh` runs one fleet per host", "hosts")
+    return {**p, "gpu": where[p["gpu"]][1], **({"gpus": [where[g][1] for g in p["gpus"]]} if p.get("gpus") else {})}
 
 def host_plans(plan:dict, hosts:list[list[str]])->list[dict]:
     "The plan cut into one plan per host: its cards (indexed from 0 on that host) and the servers placed on them."
@@ -55,7 +64,7 @@ def host_plans(plan:dict, hosts:list[list[str]])->list[dict]:
     out = []
     for h in range(len(hosts)):
         mine = [i for i, (hh, _) in enumerate(where) if hh == h]
-        pls = [{**p, "gpu": where[p["gpu"]][1]} for p in plan["placements"] if p.get("gpu") is not None and p["gpu"] in mine]
+        pls = [_local(p, where, h) for p in plan["placements"] if p.get("gpu") is not None and p["gpu"] in mine]
         if h == 0: pls += [p for p in plan["placements"] if p.get("gpu") is None]   # the dropped ones, for the record
         sleepy = [p["model"] for p in pls if p["status"] == "sleeping"]
         if sleepy and h:
