@@ -84,3 +84,14 @@ def test_run_script_passes_the_environment_and_names_the_run(tmp_path):
         run_script(sys.executable, boom, {}, what="the worker (W4A16, awq)")
     assert str(e.value).startswith("the worker (W4A16, awq) failed (exit 1): ")
     assert str(e.value).rstrip().endswith("ValueError: no such model: m")
+
+
+def test_the_three_synapse_copies_cannot_drift():
+    "Each axon script runs without this package, so each defines the subnet's synapse: the three must be the same class."
+    def body(name):
+        cls = next(n for n in ast.walk(ast.parse((ROOT/"stage1_cascade"/"scripts"/name).read_text()))
+                   if isinstance(n, ast.ClassDef) and n.name == "ImageSynapse")
+        return ast.dump(ast.Module([s for s in cls.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))], []))
+    a, b, c = (body(n) for n in ("axon_server.py", "dendrite_client.py", "dendrite_worker.py"))
+    assert "prediction" in a and "testnet_label" in a
+    assert a == b == c
