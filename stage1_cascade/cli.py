@@ -286,7 +286,7 @@ def plan(gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU inventory 
     from stage1_cascade.serve.args import plan as _plan
     from stage1_cascade.plan.placement import HostsError
     if gpus and hosts: raise HostsError(f"--gpus {gpus} and --hosts {hosts} both given: --hosts names every host's cards, give it alone")
-    p = _plan(gpus or "2xH100-80GB", models, hosts=hosts, kv_dtype=kv_dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+    p = _plan(gpus, models, hosts=hosts, kv_dtype=kv_dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
               out=out, weights=weights, lmcache=lmcache, host=host, api_key=not no_api_key,
               base_port=base_port)
     console.print(p.summary())

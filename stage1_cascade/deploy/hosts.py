@@ -16,17 +16,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..core import S1CError, atomic_write_json
-from .render import parse_hosts
+from .render import _host_of, parse_hosts
 from .ssh import (Deploy, DeployError, Step, _current, _plan_steps, _render, _start_cmds, _stop_cmd,
     pack_source, release_plan, status)
 from ..serve.fleet import api_key_file
 from ..serve.registry import Registry, RegistryError
 
 # %% auto #0
-__all__ = ['HostsError', 'host_gpus', 'host_plans', 'default_addresses', 'merge_registries', 'AxonStart', 'HostStep',
-           'ship_hosts', 'rollback_hosts', 'status_hosts']
-
-# %% ../../nbs/15b_deploy_hosts.ipynb #1c4b2b4c
 __all__ = ['HostsError', 'host_gpus', 'host_plans', 'default_addresses', 'merge_registries', 'AxonStart', 'HostStep',
            'ship_hosts', 'rollback_hosts', 'status_hosts']
 
@@ -60,7 +56,7 @@ def host_plans(plan:dict, hosts:list[list[str]])->list[dict]:
     if names != flat:
         raise HostsError(f"the plan is for {len(names)} GPU(s) {names} but the hosts hold {len(flat)} {flat}: "
                          "plan over every host's cards together (stage1-cascade plan --gpus ...)", "hosts")
-    where = [(h, j) for h, cards in enumerate(hosts) for j in range(len(cards))]
+    where = _host_of(hosts)   # (host, index on it) of every card
     out = []
     for h in range(len(hosts)):
         mine = [i for i, (hh, _) in enumerate(where) if hh == h]

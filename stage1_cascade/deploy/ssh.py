@@ -21,10 +21,6 @@ from ..core import S1CError, atomic_write_json
 __all__ = ['DeployError', 'HostUnreachable', 'KeyRefused', 'StepFailed', 'SSHTarget', 'release_plan', 'pack_source',
            'wait_health', 'Step', 'Deploy', 'ship', 'rollback', 'status']
 
-# %% ../../nbs/15a_deploy_ssh.ipynb #48ab05ba
-__all__ = ['DeployError', 'HostUnreachable', 'KeyRefused', 'StepFailed', 'SSHTarget', 'wait_health',
-           'release_plan', 'pack_source', 'Step', 'Deploy', 'ship', 'rollback', 'status']
-
 # %% ../../nbs/15a_deploy_ssh.ipynb #afefcf00
 class DeployError(S1CError):
     "A deploy step failed; `step` names it. The previous release (if any) is still running."

@@ -56,7 +56,7 @@ class Placement:
     @property
     def cards(self) -> list[int]:
         "The cards it uses: `gpus` when split, else `[gpu]` (`gpu` rules: a plan from before `gpus`, or one edited by hand)."
-        if self.gpus and self.tensor_parallel_size * self.pipeline_parallel_size > 1: return list(self.gpus)
+        if self.gpus and self.split: return list(self.gpus)
         return [] if self.gpu is None else [self.gpu]
 
     @property
@@ -272,7 +272,7 @@ def place_split(p: Placement, spec: ModelSpec, hosts: list[list[int]], cards: li
 def _util(nbytes: float, total: int) -> float:
     return math.ceil(nbytes / total * 1000) / 1000
 
-def make_plan(gpus: str | list[GPU] = "2xH100-80GB",   # inventory string or parsed cards
+def make_plan(gpus: str | list[GPU] | None = None,     # inventory string or parsed cards; None: 2xH100-80GB, or `hosts`'s
               models: str | Iterable[str] = "default26", # 'default26', 'all', 'a,b' or ids
               kv_dtype: str = "fp8",                    # vLLM --kv-cache-dtype for every server
               max_model_len: int = 4096,                 # tokens per sequence (prompt + image + answer)
@@ -291,12 +291,13 @@ def make_plan(gpus: str | list[GPU] = "2xH100-80GB",   # inventory string or par
              ) -> MemoryPlan:
     "Place `models` on `gpus` (or `hosts`): residents, sleepers (with wake-cost estimates), split and dropped models."
     table = table or load_models()
-    cards = parse_gpus(gpus) if isinstance(gpus, str) else list(gpus)
+    if gpus is None and hosts is None: gpus = "2xH100-80GB"
+    cards = parse_gpus(gpus) if isinstance(gpus, str) else list(gpus or [])
     host_idx = None
     if hosts is not None:
+        given = [g.name for g in cards] if gpus is not None else None
         cards, host_idx = host_inventory(parse_hosts(hosts))
-        given = [g.name for g in (parse_gpus(gpus) if isinstance(gpus, str) else gpus)] if gpus else None
-        if given and gpus != "2xH100-80GB" and given != [g.name for g in cards]:
+        if given is not None and given != [g.name for g in cards]:
             raise HostsError(f"gpus {gpus!r} and hosts {hosts!r} name different cards: give hosts alone (it holds every host's cards)")
     home = host_idx[0] if host_idx and len(host_idx) > 1 else None
     specs = resolve_models(models, table)

@@ -270,7 +270,7 @@ def serve_script(plan: MemoryPlan, configs: dict[str, StackConfig], lmcache_dir:
         L.append("")
     return "\n".join(L) + "\n"
 
-def plan(gpus: str = "2xH100-80GB",   # GPU inventory, e.g. '2xH100-80GB'
+def plan(gpus: str | None = None,    # GPU inventory, e.g. '2xH100-80GB' (None: that, or `hosts`'s cards)
          models: str = "default26",   # 'default26', 'all' or comma-separated ids
          kv_dtype: str = "fp8",        # vLLM --kv-cache-dtype
          max_model_len: int = 4096,    # tokens per sequence
